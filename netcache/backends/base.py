@@ -1,0 +1,165 @@
+"""The disk-tier interface and the page file format shared by the shipped backends."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import cachetools
+
+from netcache.errors import CorruptPageError
+from netcache.page import PageKey
+
+
+@dataclass(frozen=True)
+class DiskUsage:
+    """What a disk tier holds now, its limit, and what culling has removed so far."""
+
+    used: int
+    limit: int
+    pages: int
+    culls: int
+    cbytes: int
+
+
+class PageIndex(cachetools.LRUCache):
+    """Names of stored pages, least recently used first, with their sizes in bytes.
+
+    cachetools does the LRU bookkeeping and decides what to cull once ``limit`` is
+    exceeded; ``popitem`` records each culled name so that a backend can delete it after
+    letting go of its lock (``take_culled``). Not thread-safe, as no cachetools cache
+    is: the owning backend's lock guards it.
+    """
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(maxsize=limit, getsizeof=_identity)
+        self._culled: list[tuple[str, int]] = []
+        self.culls = 0
+        self.cbytes = 0
+
+    def popitem(self) -> tuple[str, int]:
+        item = super().popitem()
+        self._culled.append(item)
+        self.culls += 1
+        self.cbytes += item[1]
+        return item
+
+    def forget_all(self) -> None:
+        """Empty the index without counting culls (its pages were removed on purpose)."""
+        while self:
+            super().popitem()
+
+    def take_culled(self) -> list[tuple[str, int]]:
+        culled, self._culled = self._culled, []
+        return culled
+
+    def usage(self) -> DiskUsage:
+        return DiskUsage(self.currsize, self.maxsize, len(self), self.culls, self.cbytes)
+
+
+def _identity(size: int) -> int:
+    return size
+
+
+class Backend(ABC):
+    """A persistent tier of pages and per-file metadata.
+
+    Implementations must be thread-safe: write-back workers store while readers load.
+    ``load_page`` returns None for a page it does not hold and raises ``OSError``
+    (:class:`~netcache.errors.CorruptPageError` for a failed check) for one it cannot
+    read; the caller then fetches from the remote, so a backend never needs to be right
+    about anything but the bytes it returns. Metadata is a JSON-able dict.
+    """
+
+    block_size: int
+
+    @abstractmethod
+    def load_page(self, key: PageKey) -> bytes | bytearray | None: ...
+
+    @abstractmethod
+    def store_page(self, key: PageKey, data: bytes | bytearray) -> None: ...
+
+    @abstractmethod
+    def discard_page(self, key: PageKey) -> None: ...
+
+    @abstractmethod
+    def load_meta(self, file_id: str) -> dict[str, Any] | None: ...
+
+    @abstractmethod
+    def store_meta(self, file_id: str, meta: dict[str, Any]) -> None: ...
+
+    @abstractmethod
+    def invalidate(self, file_id: str, keep_version: str | None = None) -> int:
+        """Drop a file's pages (all, or all but one version's); return how many."""
+
+    @abstractmethod
+    def clear(self) -> None: ...
+
+    @abstractmethod
+    def usage(self) -> DiskUsage: ...
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources; the default holds none."""
+
+
+# A page file: fixed header, then the page's bytes. The header names the page it holds
+# so a file in the wrong place is caught like a corrupt one.
+_HEADER = struct.Struct("<4sB3xQQQI4x16s16s")
+MAGIC = b"NCPG"
+FORMAT_VERSION = 1
+HEADER_SIZE = _HEADER.size
+
+
+def page_header(key: PageKey, block_size: int, data: bytes | bytearray | memoryview) -> bytes:
+    return _HEADER.pack(
+        MAGIC,
+        FORMAT_VERSION,
+        len(data),
+        key.index,
+        block_size,
+        zlib.crc32(data),
+        bytes.fromhex(key.file_id),
+        bytes.fromhex(key.version),
+    )
+
+
+def check_header(header: bytes, key: PageKey, block_size: int) -> int:
+    """Validate a page header for ``key``; return the payload length."""
+    if len(header) != HEADER_SIZE:
+        raise CorruptPageError(f"page {key.index}: truncated header")
+    magic, fmt, length, index, bsize, _, fid, version = _HEADER.unpack(header)
+    if magic != MAGIC or fmt != FORMAT_VERSION:
+        raise CorruptPageError(f"page {key.index}: not a netcache page (format {fmt})")
+    if (index, bsize, fid.hex(), version.hex()) != (
+        key.index,
+        block_size,
+        key.file_id,
+        key.version,
+    ):
+        raise CorruptPageError(f"page {key.index}: header names another page")
+    if length > block_size:
+        raise CorruptPageError(f"page {key.index}: length {length} > block size")
+    return length
+
+
+def check_payload(header: bytes, key: PageKey, data: bytes | bytearray | memoryview) -> None:
+    expected = _HEADER.unpack(header)[5]
+    if zlib.crc32(data) != expected:
+        raise CorruptPageError(f"page {key.index}: checksum mismatch")
+
+
+def encode_page(key: PageKey, block_size: int, data: bytes | bytearray) -> bytes:
+    return page_header(key, block_size, data) + bytes(data)
+
+
+def decode_page(blob: bytes, key: PageKey, block_size: int) -> bytes:
+    header = blob[:HEADER_SIZE]
+    length = check_header(header, key, block_size)
+    payload = blob[HEADER_SIZE:]
+    if len(payload) != length:
+        raise CorruptPageError(f"page {key.index}: {len(payload)} bytes, header says {length}")
+    check_payload(header, key, payload)
+    return payload

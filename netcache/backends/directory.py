@@ -1,0 +1,238 @@
+"""DirectoryBackend: pages as checksummed files in a folder, shareable between processes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import threading
+import time
+from typing import Any
+
+import psutil
+
+from netcache.backends.base import (
+    HEADER_SIZE,
+    Backend,
+    DiskUsage,
+    PageIndex,
+    check_header,
+    check_payload,
+    page_header,
+)
+from netcache.errors import CorruptPageError
+from netcache.page import PageKey
+
+LAYOUT = "netcache-v1"
+_TMP_PREFIX = ".tmp."
+_STALE_TMP_SECONDS = 3600.0
+
+
+class DirectoryBackend(Backend):
+    """Each page in its own file, written to a temporary name and atomically renamed.
+
+    Layout under ``cache_dir/netcache-v1/files``: one folder per remote file, named by
+    the hash in its ``file_id`` (never by its path), holding ``meta.json`` and one
+    ``<version>.<block size>.<index>.page`` file per page. A page file starts with a
+    header (format version, length, the page it holds, CRC32) that is checked on every
+    read, so a torn, truncated, flipped or misplaced file is a miss, never wrong bytes.
+    Folders are created ``0o700`` and files ``0o600``.
+
+    Sharing: readers and writers in several processes may use one folder. Writers never
+    expose a partial file (rename is atomic on POSIX), so a reader sees either no page
+    or a whole one; no file locks are taken. Each process keeps its own LRU index of the
+    files it has seen (rescanned at start), so ``disk_limit`` is enforced per process;
+    the folder may exceed it by what other processes add until they cull.
+
+    Thread-safety: one lock guards the index and counters; file I/O runs outside it.
+    Page files are not fsynced: a process crash cannot tear them (the kernel holds the
+    data), and after a power loss the checksum turns a torn page into a miss.
+    """
+
+    def __init__(self, cache_dir: str, block_size: int, limit: int) -> None:
+        self.block_size = block_size
+        self.limit = limit
+        self.root = os.path.join(os.path.abspath(os.path.expanduser(cache_dir)), LAYOUT)
+        self.files = os.path.join(self.root, "files")
+        os.makedirs(self.files, mode=0o700, exist_ok=True)
+        self._lock = threading.Lock()
+        self._index = PageIndex(limit)
+        self._suffix = f".{block_size:x}."
+        self._rescan()
+
+    # -- pages ---------------------------------------------------------------------------
+
+    def _page_path(self, key: PageKey) -> tuple[str, str]:
+        rel = f"{key.file_id[:2]}/{key.file_id}/{key.version}{self._suffix}{key.index:x}.page"
+        return rel, os.path.join(self.files, rel)
+
+    def load_page(self, key: PageKey) -> bytearray | None:
+        rel, path = self._page_path(key)
+        try:
+            data = self._read_page_file(path, key)
+        except FileNotFoundError:
+            self._forget(rel)
+            return None
+        except OSError:
+            self._forget(rel)
+            _remove_any(path)
+            raise
+        with self._lock:
+            if rel in self._index:
+                self._index[rel]
+            else:  # written by another process
+                self._index[rel] = HEADER_SIZE + len(data)
+            culled = self._take_culled()
+        self._unlink_culled(culled)
+        return data
+
+    def _read_page_file(self, path: str, key: PageKey) -> bytearray:
+        try:
+            f = open(path, "rb", buffering=0)  # noqa: SIM115 - closed below
+        except IsADirectoryError as exc:
+            raise CorruptPageError(f"page {key.index}: a directory stands in its place") from exc
+        with f:
+            header = f.read(HEADER_SIZE)
+            length = check_header(header, key, self.block_size)
+            data = bytearray(length)
+            if f.readinto(data) != length or f.read(1):
+                raise CorruptPageError(f"page {key.index}: file length does not match header")
+        check_payload(header, key, data)
+        return data
+
+    def store_page(self, key: PageKey, data: bytes | bytearray) -> None:
+        rel, path = self._page_path(key)
+        self._write_atomic(path, (page_header(key, self.block_size, data), data))
+        with self._lock:
+            self._index[rel] = HEADER_SIZE + len(data)
+            culled = self._take_culled()
+        self._unlink_culled(culled)
+
+    def discard_page(self, key: PageKey) -> None:
+        rel, path = self._page_path(key)
+        self._forget(rel)
+        _remove_any(path)
+
+    # -- metadata ------------------------------------------------------------------------
+
+    def _file_dir(self, file_id: str) -> str:
+        return os.path.join(self.files, file_id[:2], file_id)
+
+    def load_meta(self, file_id: str) -> dict[str, Any] | None:
+        try:
+            with open(os.path.join(self._file_dir(file_id), "meta.json"), "rb") as f:
+                meta = json.loads(f.read())
+        except (OSError, ValueError):
+            return None
+        return meta if isinstance(meta, dict) else None
+
+    def store_meta(self, file_id: str, meta: dict[str, Any]) -> None:
+        path = os.path.join(self._file_dir(file_id), "meta.json")
+        self._write_atomic(path, (json.dumps(meta, sort_keys=True).encode(),))
+
+    # -- whole files and the folder --------------------------------------------------------
+
+    def invalidate(self, file_id: str, keep_version: str | None = None) -> int:
+        folder = self._file_dir(file_id)
+        try:
+            names = os.listdir(folder)
+        except FileNotFoundError:
+            return 0
+        removed = 0
+        prefix = f"{file_id[:2]}/{file_id}/"
+        for name in names:
+            if not name.endswith(".page"):
+                continue
+            if keep_version is not None and name.startswith(keep_version + "."):
+                continue
+            self._forget(prefix + name)
+            _remove_any(os.path.join(folder, name))
+            removed += 1
+        if keep_version is None:
+            _remove_any(os.path.join(folder, "meta.json"))
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
+        return removed
+
+    def clear(self) -> None:
+        with self._lock:
+            self._index.forget_all()
+        for name in os.listdir(self.files):
+            _remove_any(os.path.join(self.files, name))
+
+    def usage(self) -> DiskUsage:
+        with self._lock:
+            return self._index.usage()
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _write_atomic(self, path: str, chunks: tuple[bytes | bytearray, ...]) -> None:
+        folder = os.path.dirname(path)
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        tmp = os.path.join(folder, f"{_TMP_PREFIX}{os.getpid()}.{secrets.token_hex(6)}")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with open(fd, "wb", buffering=0) as f:
+                for chunk in chunks:
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[f.write(view) :]
+            os.replace(tmp, path)
+        except BaseException:
+            _remove_any(tmp)
+            raise
+
+    def _forget(self, rel: str) -> None:
+        with self._lock:
+            self._index.pop(rel, None)
+
+    def _take_culled(self) -> list[tuple[str, int]]:
+        return self._index.take_culled()
+
+    def _unlink_culled(self, culled: list[tuple[str, int]]) -> None:
+        for rel, _ in culled:
+            _remove_any(os.path.join(self.files, rel))
+
+    def _rescan(self) -> None:
+        """Rebuild the index from the folder and remove temporaries of dead writers."""
+        found: list[tuple[float, str, int]] = []
+        now = time.time()
+        for folder, _, names in os.walk(self.files):
+            for name in names:
+                path = os.path.join(folder, name)
+                try:
+                    st = os.stat(path)
+                except OSError:
+                    continue
+                if name.startswith(_TMP_PREFIX):
+                    if _writer_gone(name) or now - st.st_mtime > _STALE_TMP_SECONDS:
+                        _remove_any(path)
+                elif name.endswith(".page"):
+                    found.append((st.st_mtime, os.path.relpath(path, self.files), st.st_size))
+        found.sort()
+        with self._lock:
+            for _, rel, size in found:
+                if size <= self.limit:
+                    self._index[rel] = size
+            culled = self._take_culled()
+        self._unlink_culled(culled)
+
+
+def _writer_gone(tmp_name: str) -> bool:
+    try:
+        pid = int(tmp_name[len(_TMP_PREFIX) :].split(".", 1)[0])
+    except ValueError:
+        return True
+    return pid != os.getpid() and not psutil.pid_exists(pid)
+
+
+def _remove_any(path: str) -> None:
+    """Remove a file or a folder standing at ``path``; absent is fine."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except (IsADirectoryError, PermissionError, OSError):
+        shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,126 @@
+"""MappingBackend: any ``MutableMapping[str, bytes]`` (zict.File, zict.LMDB, zict.Func) as
+a disk tier."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import MutableMapping
+from typing import Any
+
+from netcache.backends.base import (
+    HEADER_SIZE,
+    Backend,
+    DiskUsage,
+    PageIndex,
+    decode_page,
+    encode_page,
+)
+from netcache.page import PageKey
+
+
+class MappingBackend(Backend):
+    """Stores pages as values of a user-supplied mapping, e.g.::
+
+        MappingBackend(zict.File("/data/pages"), block_size=..., limit="10GiB")
+        MappingBackend(zict.Func(zlib.compress, zlib.decompress, zict.File(path)), ...)
+
+    Each value carries the same checksummed header as a directory-backend page file, so
+    a torn or corrupt value is a miss, never wrong bytes, and the LRU culling within
+    ``limit`` is done here (cachetools). What it does not give, compared with
+    :class:`~netcache.backends.directory.DirectoryBackend`: atomic writes (``zict.File``
+    writes in place, so a crash mid-write leaves a value that fails its checksum), fsync,
+    and safe sharing between processes (the index lives in this process; at start it
+    counts every value already there as one full page without reading it).
+
+    Thread-safety: one lock serialises every call into the mapping, which zict mappings
+    need; the mapping's own I/O therefore runs under that lock.
+    """
+
+    def __init__(self, mapping: MutableMapping[str, bytes], block_size: int, limit: int) -> None:
+        self.mapping = mapping
+        self.block_size = block_size
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._index = PageIndex(limit)
+        for name in list(mapping):
+            if name.endswith(".page"):
+                self._track(name, HEADER_SIZE + block_size)
+
+    def _name(self, key: PageKey) -> str:
+        return f"{key.file_id}.{key.version}.{self.block_size:x}.{key.index:x}.page"
+
+    def _track(self, name: str, size: int) -> None:
+        """Record ``name`` in the index and delete what it culls. Caller holds the lock."""
+        self._index[name] = size
+        for culled, _ in self._index.take_culled():
+            self.mapping.pop(culled, None)
+
+    def load_page(self, key: PageKey) -> bytes | None:
+        name = self._name(key)
+        with self._lock:
+            try:
+                blob = self.mapping[name]
+            except KeyError:
+                self._index.pop(name, None)
+                return None
+            if name in self._index:
+                self._index[name]
+        try:
+            return decode_page(bytes(blob), key, self.block_size)
+        except OSError:
+            self.discard_page(key)
+            raise
+
+    def store_page(self, key: PageKey, data: bytes | bytearray) -> None:
+        name = self._name(key)
+        blob = encode_page(key, self.block_size, data)
+        with self._lock:
+            self.mapping[name] = blob
+            self._track(name, len(blob))
+
+    def discard_page(self, key: PageKey) -> None:
+        name = self._name(key)
+        with self._lock:
+            self._index.pop(name, None)
+            self.mapping.pop(name, None)
+
+    def load_meta(self, file_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            blob = self.mapping.get(f"{file_id}.meta")
+        try:
+            meta = json.loads(blob) if blob is not None else None
+        except ValueError:
+            return None
+        return meta if isinstance(meta, dict) else None
+
+    def store_meta(self, file_id: str, meta: dict[str, Any]) -> None:
+        with self._lock:
+            self.mapping[f"{file_id}.meta"] = json.dumps(meta, sort_keys=True).encode()
+
+    def invalidate(self, file_id: str, keep_version: str | None = None) -> int:
+        keep = f"{file_id}.{keep_version}." if keep_version is not None else None
+        with self._lock:
+            doomed = [
+                name
+                for name in self.mapping
+                if name.startswith(file_id + ".")
+                and name.endswith(".page")
+                and (keep is None or not name.startswith(keep))
+            ]
+            for name in doomed:
+                self._index.pop(name, None)
+                self.mapping.pop(name, None)
+            if keep_version is None:
+                self.mapping.pop(f"{file_id}.meta", None)
+        return len(doomed)
+
+    def clear(self) -> None:
+        with self._lock:
+            for name in list(self.mapping):
+                self.mapping.pop(name, None)
+            self._index.forget_all()
+
+    def usage(self) -> DiskUsage:
+        with self._lock:
+            return self._index.usage()

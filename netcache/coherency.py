@@ -1,0 +1,164 @@
+"""CookieJar: the current version of each remote file, rechecked every
+``check_interval`` seconds, and the dropping of pages of versions that are gone."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import cachetools
+from fsspec import AbstractFileSystem
+
+from netcache.backends.base import Backend
+from netcache.cookie import FileCookie
+from netcache.identity import file_id as make_file_id
+from netcache.identity import is_secret_option, redact_url
+
+META_FORMAT = 1
+_MAX_COOKIES = 65536
+
+
+class CookieJar:
+    """Hands out a :class:`FileCookie` per path, asking the target's ``info`` at most
+    every ``check_interval`` seconds (never again once known if it is None; every time
+    if it is 0; each caller says its own interval). A newer process trusts the disk
+    tier's metadata while it is that fresh, so it can read cached files without touching
+    the remote.
+
+    When a check finds a new version, ``on_change(file_id, new_version)`` drops the old
+    pages in memory and on disk before the new cookie is handed out, so no old byte is
+    served again.
+
+    Locking: one lock guards the cookie cache (a ``cachetools.LRUCache``, not
+    thread-safe by itself) and the known versions; ``info`` calls and disk I/O run
+    outside it. Two threads may check the same path at once; both get a correct cookie.
+    """
+
+    def __init__(
+        self,
+        target_id: str,
+        backend: Backend | None,
+        on_change: Callable[[str, str], None],
+        on_disk_error: Callable[[str, OSError], None],
+    ) -> None:
+        self.target_id = target_id
+        self.backend = backend
+        self._on_change = on_change
+        self._on_disk_error = on_disk_error
+        self._lock = threading.Lock()
+        # path -> (cookie, when its version was checked)
+        self._cookies: cachetools.LRUCache[str, tuple[FileCookie, float]] = cachetools.LRUCache(
+            _MAX_COOKIES
+        )
+        self._known: dict[str, str] = {}  # file_id -> version last seen
+
+    def cookie(
+        self,
+        target: AbstractFileSystem,
+        path: str,
+        check_interval: float | None,
+        refresh: bool = False,
+    ) -> FileCookie:
+        if not refresh and check_interval != 0:
+            with self._lock:
+                entry = self._cookies.get(path)
+            if entry is not None and _fresh(entry[1], check_interval):
+                return entry[0]
+            cookie = self._from_disk(make_file_id(self.target_id, path), path, check_interval)
+            if cookie is not None:
+                return cookie
+        info = target.info(path)
+        if info.get("type", "file") == "directory":
+            raise IsADirectoryError(path)
+        cookie = FileCookie.from_info(make_file_id(self.target_id, path), path, info)
+        self._learn(cookie, time.time(), from_remote=True)
+        return cookie
+
+    def _from_disk(self, fid: str, path: str, check_interval: float | None) -> FileCookie | None:
+        meta = self.backend.load_meta(fid) if self.backend is not None else None
+        if not meta or meta.get("format") != META_FORMAT:
+            return None
+        try:
+            checked_at = float(meta["checked_at"])
+            info = dict(meta["info"], name=path)
+            cookie = FileCookie(
+                fid, path, str(meta["version"]), str(meta["token"]), meta["size"], info
+            )
+        except (KeyError, TypeError, ValueError):
+            return None
+        if not _fresh(checked_at, check_interval):
+            return None
+        self._learn(cookie, checked_at, from_remote=False)
+        return cookie
+
+    def _learn(self, cookie: FileCookie, checked_at: float, from_remote: bool) -> None:
+        with self._lock:
+            previous = self._known.get(cookie.file_id)
+            self._known[cookie.file_id] = cookie.version
+            self._cookies[cookie.path] = (cookie, checked_at)
+        if previous is not None and previous != cookie.version:
+            self._on_change(cookie.file_id, cookie.version)
+        if from_remote and self.backend is not None:
+            meta = self.backend.load_meta(cookie.file_id) if previous is None else None
+            if meta is not None and meta.get("version") != cookie.version:
+                self._on_change(cookie.file_id, cookie.version)
+            self._store_meta(cookie, checked_at)
+
+    def _store_meta(self, cookie: FileCookie, checked_at: float) -> None:
+        assert self.backend is not None
+        try:
+            self.backend.store_meta(cookie.file_id, self._meta(cookie, checked_at))
+        except OSError as exc:
+            self._on_disk_error("meta", exc)
+
+    def _meta(self, cookie: FileCookie, checked_at: float) -> dict[str, Any]:
+        info = {
+            k: v
+            for k, v in cookie.info.items()
+            if not is_secret_option(k) and k not in ("name", "url")
+        }
+        return {
+            "format": META_FORMAT,
+            "url": redact_url(cookie.path),
+            "size": cookie.size,
+            "version": cookie.version,
+            "token": cookie.token,
+            "checked_at": checked_at,
+            "info": _jsonable(info),
+        }
+
+    def sized(self, cookie: FileCookie) -> None:
+        """Record the size learnt by reading a file whose remote reported none."""
+        with self._lock:
+            entry = self._cookies.get(cookie.path)
+            checked_at = entry[1] if entry is not None else time.time()
+            self._cookies[cookie.path] = (cookie, checked_at)
+        if self.backend is not None:
+            self._store_meta(cookie, checked_at)
+
+    def forget(self, path: str | None = None) -> None:
+        """Drop cached versions (of one path, or all), so the next use asks the target."""
+        with self._lock:
+            if path is None:
+                self._cookies.clear()
+            else:
+                self._cookies.pop(path, None)
+
+    def file_id(self, path: str) -> str:
+        return make_file_id(self.target_id, path)
+
+
+def _fresh(checked_at: float, check_interval: float | None) -> bool:
+    return check_interval is None or time.time() < checked_at + check_interval
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)

@@ -1,0 +1,18 @@
+"""Exceptions netcache raises of its own (remote errors reach readers unchanged)."""
+
+from __future__ import annotations
+
+
+class FileChangedError(OSError):
+    """The remote file changed while a reader had it open at an older version.
+
+    Raised rather than mixing bytes of two versions; reopen the file to read the new one.
+    """
+
+
+class ShortReadError(OSError):
+    """The remote answered a ranged read with fewer (or other) bytes than asked."""
+
+
+class CorruptPageError(OSError):
+    """A page in the disk tier failed its header or checksum check."""

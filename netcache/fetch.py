@@ -1,0 +1,260 @@
+"""PageFetcher: byte ranges of pinned files, assembled from pages, fetching what is
+missing from the disk tier or the remote."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from fsspec import AbstractFileSystem
+
+from netcache.backends.base import Backend
+from netcache.cookie import FileCookie, strong_etag, version_token
+from netcache.errors import FileChangedError, ShortReadError
+from netcache.page import Page, PageKey, StoreState
+from netcache.pagecache import PageCache
+from netcache.stats import Counters
+from netcache.warnonce import WarnOnce
+from netcache.writeback import WritebackQueue
+
+Range = tuple[FileCookie, int, int]
+
+
+class PageFetcher:
+    """Serves ``[start, end)`` of a :class:`FileCookie` from pages.
+
+    Order of search: memory; a fetch already under way (waited for, never repeated);
+    the disk tier; the remote, where adjacent missing pages of one request go out as one
+    ranged request. Pages from the remote are admitted and handed to write-back; pages
+    from disk are admitted only. A remote error reaches the caller unchanged and caches
+    nothing; a disk error is a miss, counted and logged once.
+
+    The remote read is pinned to the cookie's version: HTTP targets send ``If-Match``
+    with the ETag (a changed file answers 412, raised as :class:`FileChangedError`);
+    others have their version checked again after the fetch, unless the caller says
+    files never change (``verify=False``).
+
+    Thread-safe with no lock of its own: the page cache's claims make each page's fetch
+    single-flight, and a caller first does its own fetches, then waits for others', so no
+    caller ever waits on work queued behind it.
+    """
+
+    def __init__(
+        self,
+        page_cache: PageCache,
+        block_size: int,
+        counters: Counters,
+        warn: WarnOnce,
+        backend: Backend | None = None,
+        writeback: WritebackQueue | None = None,
+    ) -> None:
+        self.page_cache = page_cache
+        self.block_size = block_size
+        self.backend = backend
+        self.writeback = writeback
+        self._counters = counters
+        self._warn = warn
+
+    # -- public ----------------------------------------------------------------------------
+
+    def read(
+        self, target: AbstractFileSystem, cookie: FileCookie, start: int, end: int, verify: bool
+    ) -> bytes:
+        return self.read_ranges(target, [(cookie, start, end)], verify)[0]
+
+    def read_ranges(
+        self, target: AbstractFileSystem, ranges: Sequence[Range], verify: bool
+    ) -> list[bytes]:
+        """The bytes of each range, clipped to the file's size."""
+        bs = self.block_size
+        clipped = []
+        wanted: dict[PageKey, FileCookie] = {}
+        for cookie, start, end in ranges:
+            assert cookie.size is not None, "size must be known before reading pages"
+            start, end = max(0, start), min(end, cookie.size)
+            clipped.append((cookie, start, end))
+            if start < end:
+                for index in range(start // bs, (end - 1) // bs + 1):
+                    wanted[PageKey(cookie.file_id, cookie.version, index)] = cookie
+        claim = self.page_cache.lookup(wanted)
+        pages = claim.hits
+        if claim.claimed:
+            pages.update(self._fetch_claimed(target, claim.claimed, wanted, verify))
+        for key, future in claim.waits.items():
+            pages[key] = future.result()
+        return [self._assemble(pages, cookie, start, end) for cookie, start, end in clipped]
+
+    def load_whole(self, target: AbstractFileSystem, cookie: FileCookie) -> FileCookie:
+        """Read a file whose size the remote does not report, once, into pages."""
+        data = target.cat_file(cookie.path)
+        self._counters.add_many({"retrievals.req": 1, "retrievals.rbytes": len(data)})
+        cookie = cookie.with_size(len(data))
+        for page in self._split(cookie, 0, data):
+            self._counters.add("retrievals.remote")
+            if self.page_cache.offer(page):
+                self._store(page)
+        return cookie
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _assemble(
+        self, pages: dict[PageKey, Page], cookie: FileCookie, start: int, end: int
+    ) -> bytes:
+        if start >= end:
+            return b""
+        bs = self.block_size
+        first, last = start // bs, (end - 1) // bs
+        if first == last:
+            data = pages[PageKey(cookie.file_id, cookie.version, first)].data
+            return bytes(memoryview(data)[start - first * bs : end - first * bs])
+        parts = []
+        for index in range(first, last + 1):
+            view = memoryview(pages[PageKey(cookie.file_id, cookie.version, index)].data)
+            lo = start - index * bs if index == first else 0
+            hi = end - index * bs if index == last else len(view)
+            parts.append(view[lo:hi])
+        return b"".join(parts)
+
+    def _fetch_claimed(
+        self,
+        target: AbstractFileSystem,
+        claimed: list[PageKey],
+        wanted: dict[PageKey, FileCookie],
+        verify: bool,
+    ) -> dict[PageKey, Page]:
+        """Fetch every claimed page; on any failure, fail the claims not yet met."""
+        got: dict[PageKey, Page] = {}
+        try:
+            missing = [key for key in claimed if not self._from_disk(key, got)]
+            by_cookie: dict[FileCookie, list[int]] = {}
+            for key in missing:
+                by_cookie.setdefault(wanted[key], []).append(key.index)
+            for cookie, indices in by_cookie.items():
+                self._from_remote(target, cookie, sorted(indices), got, verify)
+        except BaseException as exc:
+            self.page_cache.fail([k for k in claimed if k not in got], exc)
+            raise
+        return got
+
+    def _from_disk(self, key: PageKey, got: dict[PageKey, Page]) -> bool:
+        if self.backend is None:
+            return False
+        try:
+            data = self.backend.load_page(key)
+        except OSError as exc:
+            self._counters.add("disk.rerr")
+            self._warn(
+                "disk-read",
+                "netcache: a disk-tier page could not be used (%r); reading it from the remote",
+                exc,
+            )
+            return False
+        if data is None:
+            return False
+        page = Page(key, data)
+        page.state = StoreState.STORED
+        self._counters.add("retrievals.disk")
+        self.page_cache.complete(page)
+        got[key] = page
+        return True
+
+    def _from_remote(
+        self,
+        target: AbstractFileSystem,
+        cookie: FileCookie,
+        indices: list[int],
+        got: dict[PageKey, Page],
+        verify: bool,
+    ) -> None:
+        assert cookie.size is not None
+        bs = self.block_size
+        runs: list[tuple[int, int]] = []  # first and last index of adjacent pages
+        for index in indices:
+            if runs and runs[-1][1] == index - 1:
+                runs[-1] = (runs[-1][0], index)
+            else:
+                runs.append((index, index))
+        starts = [first * bs for first, _ in runs]
+        ends = [min((last + 1) * bs, cookie.size) for _, last in runs]
+        blobs = self._remote_ranges(target, cookie, starts, ends, verify)
+        for start, end, blob in zip(starts, ends, blobs, strict=True):
+            if len(blob) != end - start:
+                blob = self._whole_file_answer(cookie, start, end, blob)
+            for page in self._split(cookie, start, blob):
+                self._counters.add("retrievals.remote")
+                if self.page_cache.complete(page):
+                    self._store(page)
+                got[page.key] = page
+
+    def _remote_ranges(
+        self,
+        target: AbstractFileSystem,
+        cookie: FileCookie,
+        starts: list[int],
+        ends: list[int],
+        verify: bool,
+    ) -> list[bytes]:
+        pin = self._pin(target, cookie)
+        try:
+            if len(starts) == 1:
+                blobs = [target.cat_file(cookie.path, starts[0], ends[0], **pin)]
+            else:
+                blobs = target.cat_ranges(
+                    [cookie.path] * len(starts), starts, ends, on_error="return", **pin
+                )
+                for blob in blobs:
+                    if isinstance(blob, BaseException):
+                        raise blob
+        except Exception as exc:
+            self._counters.add_many({"retrievals.req": len(starts), "retrievals.err": 1})
+            if getattr(exc, "status", None) == 412:
+                raise FileChangedError(f"{cookie.path} changed while open") from exc
+            raise
+        self._counters.add_many(
+            {"retrievals.req": len(starts), "retrievals.rbytes": sum(map(len, blobs))}
+        )
+        if not pin and verify:
+            self._check_version(target, cookie)
+        return blobs
+
+    def _pin(self, target: AbstractFileSystem, cookie: FileCookie) -> dict[str, Any]:
+        protocol = target.protocol if isinstance(target.protocol, str) else target.protocol[0]
+        etag = strong_etag(cookie.info)
+        if protocol in ("http", "https") and etag is not None:
+            headers = dict(getattr(target, "kwargs", {}).get("headers") or {})
+            headers["If-Match"] = etag
+            return {"headers": headers}
+        return {}
+
+    def _check_version(self, target: AbstractFileSystem, cookie: FileCookie) -> None:
+        info = target.info(cookie.path)
+        if version_token(info) != cookie.token:
+            self._counters.add("retrievals.err")
+            raise FileChangedError(f"{cookie.path} changed while open")
+
+    def _whole_file_answer(self, cookie: FileCookie, start: int, end: int, blob: bytes) -> bytes:
+        """A remote that ignores ranges sends the whole file: keep all of it as pages."""
+        if len(blob) != cookie.size:
+            self._counters.add("retrievals.err")
+            raise ShortReadError(
+                f"{cookie.path}: asked for bytes {start}-{end}, the remote sent {len(blob)}"
+            )
+        for page in self._split(cookie, 0, blob):
+            if not start <= page.key.index * self.block_size < end and self.page_cache.offer(page):
+                self._store(page)
+        return blob[start:end]
+
+    def _split(self, cookie: FileCookie, start: int, blob: bytes) -> list[Page]:
+        bs = self.block_size
+        first = start // bs
+        if len(blob) <= bs:
+            return [Page(PageKey(cookie.file_id, cookie.version, first), blob)]
+        view = memoryview(blob)
+        return [
+            Page(PageKey(cookie.file_id, cookie.version, first + i), bytes(view[off : off + bs]))
+            for i, off in enumerate(range(0, len(blob), bs))
+        ]
+
+    def _store(self, page: Page) -> None:
+        if self.writeback is not None:
+            self.writeback.submit(page)

@@ -1,0 +1,496 @@
+"""NetCacheFileSystem: an fsspec filesystem that reads any other one through pages."""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Callable
+from typing import Any
+
+import fsspec
+from fsspec import AbstractFileSystem
+from fsspec.implementations.chained import ChainedFileSystem
+from fsspec.spec import AbstractBufferedFile
+
+from netcache.backends.base import DiskUsage
+from netcache.context import (
+    DEFAULT_BLOCK_SIZE,
+    DEFAULT_CHECK_INTERVAL,
+    DEFAULT_DISK_LIMIT,
+    DEFAULT_MEMORY_LIMIT,
+    DEFAULT_WRITEBACK_WORKERS,
+    CacheConfig,
+    CacheContext,
+    registry,
+)
+from netcache.cookie import FileCookie
+from netcache.errors import FileChangedError
+from netcache.identity import redact_url, target_identity
+from netcache.policies.eviction import EvictionPolicy
+from netcache.policies.release import PressureLevel, Reason, ReleasePolicy
+from netcache.stats import StatsSnapshot
+
+# Options fsspec itself may hand any filesystem; accepted and passed to the base class.
+_FSSPEC_OPTIONS = frozenset(
+    {"use_listings_cache", "listings_expiry_time", "max_paths", "asynchronous", "loop"}
+)
+# ``open`` arguments that pandas, dask and pyarrow pass; netcache serves every read from
+# its own pages, so these buffering hints have nothing to change and are ignored.
+_IGNORED_OPEN_ARGS = frozenset(
+    {"block_size", "cache_type", "cache_options", "autocommit", "size", "fill_cache", "cache_file"}
+)
+
+
+class NetCacheFileSystem(ChainedFileSystem):
+    """Reads files of a target fsspec filesystem through a paged cache.
+
+    Parameters
+    ----------
+    fs, target_protocol, target_options:
+        The target: an instance, or a protocol and its options (exactly one of ``fs``
+        and ``target_protocol``).
+    cache_dir:
+        Folder of the disk tier. None: ``$XDG_CACHE_HOME/netcache`` (else
+        ``~/.cache/netcache``); False: memory only.
+    block_size:
+        Page size in bytes (int or ``"128KiB"``), default 128 KiB.
+    memory_limit:
+        Byte budget of the memory tier, default 512 MiB (or 1/8 of RAM if less).
+    disk_limit:
+        Byte budget of the disk tier, default 10 GiB; least recently used pages are culled.
+    eviction:
+        ``"lru"`` or an :class:`~netcache.policies.EvictionPolicy`.
+    release_policy:
+        What reclaim does with pages whose store is pending; None is
+        :class:`~netcache.policies.PressureGraded`.
+    writeback_workers:
+        Threads storing pages into the disk tier, default 2.
+    check_interval:
+        Seconds between checks that a remote file is unchanged (default 60); 0 checks on
+        every open and every ``cat``; None means remote files never change.
+
+    All instances in a process naming the same ``cache_dir`` and target share one cache
+    (fsspec makes an instance per thread); they must agree on every setting above, or the
+    later one raises ``ValueError``. Thread-safe: instances hold no mutable state of their
+    own; the shared context's parts each lock what they guard.
+    """
+
+    protocol = "netcache"
+    _strip_tokenize_options = ("fo",)
+
+    def __init__(
+        self,
+        fs: AbstractFileSystem | None = None,
+        target_protocol: str | None = None,
+        target_options: dict[str, Any] | None = None,
+        cache_dir: str | os.PathLike[str] | bool | None = None,
+        block_size: int | str = DEFAULT_BLOCK_SIZE,
+        memory_limit: int | str = DEFAULT_MEMORY_LIMIT,
+        disk_limit: int | str = DEFAULT_DISK_LIMIT,
+        eviction: str | EvictionPolicy = "lru",
+        release_policy: ReleasePolicy | None = None,
+        writeback_workers: int = DEFAULT_WRITEBACK_WORKERS,
+        check_interval: float | None = DEFAULT_CHECK_INTERVAL,
+        fo: str | None = None,
+        **storage_options: Any,
+    ) -> None:
+        unknown = set(storage_options) - _FSSPEC_OPTIONS
+        if unknown:
+            raise TypeError(
+                f"NetCacheFileSystem got unexpected argument(s) {sorted(unknown)}; target "
+                "options go in target_options={...} (or under the target protocol's name "
+                "when chaining)"
+            )
+        super().__init__(**storage_options)
+        self.fs = _make_target(fs, target_protocol, target_options)
+        self.config = CacheConfig.build(
+            cache_dir,
+            block_size,
+            memory_limit,
+            disk_limit,
+            eviction,
+            release_policy,
+            writeback_workers,
+            check_interval,
+        )
+        self._target_id = target_identity(self.fs)
+        self._pid = os.getpid()
+        self._context = registry.acquire(self.config, self._target_id)
+
+    @property
+    def _verify(self) -> bool:
+        """Whether fetches that cannot be pinned to a version are checked after the fact."""
+        return self.config.check_interval is not None
+
+    @property
+    def context(self) -> CacheContext:
+        """The process-wide shared cache (made anew in a forked child)."""
+        if self._pid != os.getpid():
+            self._context = registry.acquire(self.config, self._target_id)
+            self._pid = os.getpid()
+        return self._context
+
+    # -- paths ---------------------------------------------------------------------------
+
+    @classmethod
+    def _strip_protocol(cls, path: Any) -> Any:
+        if isinstance(path, list):
+            return [cls._strip_protocol(p) for p in path]
+        path = fsspec.utils.stringify_path(path)
+        for prefix in ("netcache://", "netcache::"):
+            if path.startswith(prefix):
+                return path[len(prefix) :]
+        return path
+
+    def _target_path(self, path: str) -> str:
+        return self.fs._strip_protocol(self._strip_protocol(path))
+
+    def _cookie(self, path: str, refresh: bool = False) -> FileCookie:
+        context = self.context
+        cookie = context.cookies.cookie(
+            self.fs, self._target_path(path), self.config.check_interval, refresh
+        )
+        if cookie.size is None:
+            cookie = context.fetcher.load_whole(self.fs, cookie)
+            context.cookies.sized(cookie)
+        return cookie
+
+    # -- reading through pages ---------------------------------------------------------------
+
+    def _open(self, path: str, mode: str = "rb", **kwargs: Any) -> Any:
+        if "r" in mode and "+" not in mode:
+            unknown = set(kwargs) - _IGNORED_OPEN_ARGS
+            if unknown:
+                raise TypeError(f"open() got unexpected argument(s) {sorted(unknown)}")
+            return NetCacheFile(self, path, self._cookie(path))
+        tpath = self._target_path(path)
+        self.invalidate(tpath)
+        return WriteThroughFile(self.fs.open(tpath, mode, **kwargs), lambda: self.invalidate(tpath))
+
+    def read_pages(self, cookie: FileCookie, start: int, end: int) -> bytes:
+        """Bytes ``[start, end)`` of one pinned version of a file."""
+        return self.context.fetcher.read(self.fs, cookie, start, end, self._verify)
+
+    def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
+        """The target's ``info``, answered from cached metadata within ``check_interval``
+        for files; directories and missing paths are the target's answer."""
+        tpath = self._target_path(path)
+        try:
+            return dict(self._cookie(tpath).info, name=tpath)
+        except IsADirectoryError:
+            return self.fs.info(tpath, **kwargs)
+
+    def cat_file(
+        self, path: str, start: int | None = None, end: int | None = None, **kwargs: Any
+    ) -> bytes:
+        tpath = self._target_path(path)
+        try:
+            return self._cat(self._cookie(tpath), start, end)
+        except FileChangedError:  # changed between the version check and the fetch
+            return self._cat(self._cookie(tpath, refresh=True), start, end)
+
+    def _cat(self, cookie: FileCookie, start: int | None, end: int | None) -> bytes:
+        lo, hi = _absolute_range(cookie.size or 0, start, end)
+        return self.read_pages(cookie, lo, hi)
+
+    def cat_ranges(
+        self,
+        paths: list[str],
+        starts: Any,
+        ends: Any,
+        max_gap: int | None = None,
+        on_error: str = "return",
+        **kwargs: Any,
+    ) -> list[Any]:
+        """Many ranges at once: missing pages of all of them fetched together."""
+        if not isinstance(paths, list):
+            raise TypeError(f"paths must be a list, not {type(paths).__name__}")
+        starts = starts if isinstance(starts, list) else [starts] * len(paths)
+        ends = ends if isinstance(ends, list) else [ends] * len(paths)
+        if not len(paths) == len(starts) == len(ends):
+            raise ValueError("paths, starts and ends must have the same length")
+        try:
+            cookies = {p: self._cookie(self._target_path(p)) for p in set(paths)}
+            ranges = [
+                (cookies[p], *_absolute_range(cookies[p].size or 0, s, e))
+                for p, s, e in zip(paths, starts, ends, strict=True)
+            ]
+            return self.context.fetcher.read_ranges(self.fs, ranges, self._verify)
+        except Exception:
+            if on_error != "return":
+                raise
+        # Something failed: read one by one so each range gets its own answer.
+        out: list[Any] = []
+        for p, s, e in zip(paths, starts, ends, strict=True):
+            try:
+                out.append(self.cat_file(p, s, e))
+            except Exception as exc:
+                out.append(exc)
+        return out
+
+    # -- writes go to the target and invalidate --------------------------------------------
+
+    def pipe_file(self, path: str, value: bytes, **kwargs: Any) -> None:
+        tpath = self._target_path(path)
+        try:
+            self.fs.pipe_file(tpath, value, **kwargs)
+        finally:
+            self.invalidate(tpath)
+
+    def put_file(self, lpath: str, rpath: str, **kwargs: Any) -> None:
+        tpath = self._target_path(rpath)
+        try:
+            self.fs.put_file(lpath, tpath, **kwargs)
+        finally:
+            self.invalidate(tpath)
+
+    def cp_file(self, path1: str, path2: str, **kwargs: Any) -> None:
+        tpath = self._target_path(path2)
+        try:
+            self.fs.cp_file(self._target_path(path1), tpath, **kwargs)
+        finally:
+            self.invalidate(tpath)
+
+    def rm_file(self, path: str) -> None:
+        tpath = self._target_path(path)
+        try:
+            self.fs.rm_file(tpath)
+        finally:
+            self.invalidate(tpath)
+
+    def rm(self, path: Any, recursive: bool = False, maxdepth: int | None = None) -> None:
+        tpaths = self.fs.expand_path(
+            self._target_path_any(path), recursive=recursive, maxdepth=maxdepth
+        )
+        try:
+            self.fs.rm(tpaths, recursive=recursive, maxdepth=maxdepth)
+        finally:
+            for tpath in tpaths:
+                self.invalidate(tpath)
+
+    def mv(
+        self,
+        path1: Any,
+        path2: Any,
+        recursive: bool = False,
+        maxdepth: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        sources = self.fs.expand_path(
+            self._target_path_any(path1), recursive=recursive, maxdepth=maxdepth
+        )
+        try:
+            self.fs.mv(
+                self._target_path_any(path1),
+                self._target_path_any(path2),
+                recursive=recursive,
+                maxdepth=maxdepth,
+                **kwargs,
+            )
+        finally:
+            for tpath in sources:
+                self.invalidate(tpath)
+            dest = self._target_path_any(path2)
+            for tpath in dest if isinstance(dest, list) else [dest]:
+                self.invalidate(tpath)
+                for source in sources:  # a move into a folder lands under it
+                    self.invalidate(tpath.rstrip("/") + "/" + source.rstrip("/").rsplit("/")[-1])
+
+    def _target_path_any(self, path: Any) -> Any:
+        if isinstance(path, list):
+            return [self._target_path(p) for p in path]
+        return self._target_path(path)
+
+    # -- metadata goes to the target -------------------------------------------------------
+
+    def ls(self, path: str, detail: bool = True, **kwargs: Any) -> Any:
+        return self.fs.ls(self._target_path(path), detail=detail, **kwargs)
+
+    def find(
+        self,
+        path: str,
+        maxdepth: int | None = None,
+        withdirs: bool = False,
+        detail: bool = False,
+        **kwargs: Any,
+    ) -> Any:
+        return self.fs.find(
+            self._target_path(path), maxdepth=maxdepth, withdirs=withdirs, detail=detail, **kwargs
+        )
+
+    def glob(self, path: str, maxdepth: int | None = None, **kwargs: Any) -> Any:
+        return self.fs.glob(self._target_path(path), maxdepth=maxdepth, **kwargs)
+
+    def exists(self, path: str, **kwargs: Any) -> bool:
+        return self.fs.exists(self._target_path(path), **kwargs)
+
+    def isdir(self, path: str) -> bool:
+        return self.fs.isdir(self._target_path(path))
+
+    def isfile(self, path: str) -> bool:
+        return self.fs.isfile(self._target_path(path))
+
+    def du(
+        self,
+        path: str,
+        total: bool = True,
+        maxdepth: int | None = None,
+        withdirs: bool = False,
+        **kwargs: Any,
+    ) -> Any:
+        return self.fs.du(
+            self._target_path(path), total=total, maxdepth=maxdepth, withdirs=withdirs, **kwargs
+        )
+
+    def modified(self, path: str) -> Any:
+        return self.fs.modified(self._target_path(path))
+
+    def created(self, path: str) -> Any:
+        return self.fs.created(self._target_path(path))
+
+    def mkdir(self, path: str, create_parents: bool = True, **kwargs: Any) -> None:
+        self.fs.mkdir(self._target_path(path), create_parents=create_parents, **kwargs)
+
+    def makedirs(self, path: str, exist_ok: bool = False) -> None:
+        self.fs.makedirs(self._target_path(path), exist_ok=exist_ok)
+
+    def rmdir(self, path: str) -> None:
+        self.fs.rmdir(self._target_path(path))
+
+    def invalidate_cache(self, path: str | None = None) -> None:
+        """fsspec's listing-cache reset: the target's listings and netcache's versions
+        (pages stay; they are checked against the target's version on next use)."""
+        self.fs.invalidate_cache(None if path is None else self._target_path(path))
+        self.context.cookies.forget(None if path is None else self._target_path(path))
+
+    # -- the cache itself --------------------------------------------------------------------
+
+    def invalidate(self, path: str | None = None) -> int:
+        """Drop every cached page and version of ``path`` (of every file when None), in
+        memory and on disk, and cancel their pending stores; returns pages dropped."""
+        context = self.context
+        if path is None:
+            return context.invalidate_file(None)
+        tpath = self._target_path(path)
+        context.cookies.forget(tpath)
+        return context.invalidate_file(context.cookies.file_id(tpath))
+
+    def clear(self) -> None:
+        """Empty the whole cache: memory, pending stores and the disk tier's folder."""
+        self.invalidate(None)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every pending write-back is stored; False if ``timeout`` ran out."""
+        return self.context.flush(timeout)
+
+    def reclaim(self, nbytes: int, level: PressureLevel = PressureLevel.MODERATE) -> int:
+        """Release at least ``nbytes`` of memory if possible, FS-Cache style; returns the
+        bytes freed. Never waits for a store unless the release policy does."""
+        if isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes < 0:
+            raise ValueError(f"nbytes={nbytes!r} must be an int >= 0")
+        if not isinstance(level, PressureLevel):
+            raise TypeError(f"level={level!r} must be a PressureLevel")
+        return self.context.page_cache.reclaim(nbytes, Reason.RECLAIM, level)
+
+    def stats(self) -> StatsSnapshot:
+        """An immutable snapshot of this cache's counters; ``str()`` renders it."""
+        return self.context.stats()
+
+    def disk_usage(self) -> DiskUsage | None:
+        """What the disk tier holds now, or None without one."""
+        backend = self.context.backend
+        return backend.usage() if backend is not None else None
+
+    def __repr__(self) -> str:
+        where = self.config.cache_dir or "memory only"
+        return f"NetCacheFileSystem({type(self.fs).__name__}, cache_dir={where!r})"
+
+
+class NetCacheFile(AbstractBufferedFile):
+    """A read-only, seekable file over one pinned version of a remote file.
+
+    Every read is served from pages; fsspec's own buffering is off (``cache_type="none"``),
+    so there is exactly one cache. Not thread-safe (one position per file, as any file).
+    """
+
+    def __init__(self, fs: NetCacheFileSystem, path: str, cookie: FileCookie) -> None:
+        self.cookie = cookie
+        super().__init__(
+            fs,
+            path,
+            mode="rb",
+            block_size=fs.config.block_size,
+            cache_type="none",
+            size=cookie.size,
+        )
+
+    def _fetch_range(self, start: int, end: int) -> bytes:
+        return self.fs.read_pages(self.cookie, start, end)
+
+    def __repr__(self) -> str:
+        return f"<NetCacheFile {redact_url(self.path)}>"
+
+
+class WriteThroughFile(io.RawIOBase):
+    """A file opened for writing on the target; closing it invalidates the cached path.
+
+    Delegates to the target's file method by method. Not thread-safe.
+    """
+
+    def __init__(self, target_file: Any, on_close: Callable[[], None]) -> None:
+        super().__init__()
+        self._file = target_file
+        self._on_close = on_close
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        return self._file.write(data)
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        try:
+            self._file.close()
+        finally:
+            super().close()
+            self._on_close()
+
+
+def _make_target(fs: Any, protocol: Any, options: Any) -> AbstractFileSystem:
+    if (fs is None) == (protocol is None):
+        raise ValueError(
+            "give exactly one of fs= (a filesystem) and target_protocol= "
+            "(a protocol name such as 'http' or 's3')"
+        )
+    if fs is not None:
+        if not isinstance(fs, AbstractFileSystem):
+            raise TypeError(f"fs={fs!r} must be an fsspec filesystem instance")
+        if options:
+            raise ValueError("target_options= goes with target_protocol=, not with fs=")
+        return fs
+    if not isinstance(protocol, str):
+        raise TypeError(f"target_protocol={protocol!r} must be a protocol name string")
+    if options is not None and not isinstance(options, dict):
+        raise TypeError(f"target_options={options!r} must be a dict")
+    try:
+        return fsspec.filesystem(protocol, **(options or {}))
+    except ValueError as exc:
+        raise ValueError(f"target_protocol={protocol!r}: {exc}") from exc
+
+
+def _absolute_range(size: int, start: int | None, end: int | None) -> tuple[int, int]:
+    """Python-slice semantics for ``start``/``end`` (None, negative from the end)."""
+    for name, value in (("start", start), ("end", end)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise TypeError(f"{name}={value!r} must be an int or None")
+    lo = 0 if start is None else (max(0, size + start) if start < 0 else start)
+    hi = size if end is None else (max(0, size + end) if end < 0 else min(end, size))
+    return lo, max(lo, hi)

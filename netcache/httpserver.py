@@ -1,0 +1,206 @@
+"""A small HTTP/1.1 server with Range support, for the demo, the tests and the benchmarks.
+
+It serves files held in memory on 127.0.0.1, counts what it is asked, and can be told to
+misbehave on purpose (fail with a status, add latency, ignore ranges, hide sizes). Run it
+in another process with ``python -m netcache.httpserver --size-mib 256``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import email.utils
+import hashlib
+import re
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+class _File:
+    def __init__(self, data: bytes, generation: int) -> None:
+        self.data = data
+        self.etag = f'"{hashlib.sha1(data).hexdigest()[:16]}-{generation}"'
+        self.modified = email.utils.formatdate(time.time() + generation, usegmt=True)
+
+
+class RangeServer:
+    """Serves ``files`` (path -> bytes) at ``url``; thread-safe.
+
+    Counters (``gets``, ``heads``, ``bytes_sent``, ``requests_by_path``) say what clients
+    asked. Faults: ``fail_next(n, status)``, ``latency`` seconds per request,
+    ``ignore_ranges`` (answer 200 with the whole file), ``hide_size`` (no
+    Content-Length in HEAD), ``short_by`` (send that many bytes fewer than the range).
+    """
+
+    def __init__(
+        self, files: dict[str, bytes] | None = None, port: int = 0, latency: float = 0.0
+    ) -> None:
+        self._lock = threading.Lock()
+        self._files: dict[str, _File] = {}
+        self._generation = 0
+        for path, data in (files or {}).items():
+            self.put(path, data)
+        self.latency = latency
+        self.ignore_ranges = False
+        self.hide_size = False
+        self.short_by = 0
+        self._failures: list[int] = []
+        self.reset_counts()
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", port), _handler(self))
+        self._httpd.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
+
+    def put(self, path: str, data: bytes) -> None:
+        with self._lock:
+            self._generation += 1
+            self._files["/" + path.lstrip("/")] = _File(bytes(data), self._generation)
+
+    def fail_next(self, n: int = 1, status: int = 503) -> None:
+        with self._lock:
+            self._failures.extend([status] * n)
+
+    def reset_counts(self) -> None:
+        with self._lock:
+            self.gets = 0
+            self.heads = 0
+            self.bytes_sent = 0
+            self.requests_by_path: Counter[str] = Counter()
+
+    def start(self) -> RangeServer:
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, daemon=True, name="netcache-test-http"
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def __enter__(self) -> RangeServer:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    # called by the handler
+    def _take(self, method: str, path: str) -> tuple[_File | None, int | None]:
+        with self._lock:
+            if method == "GET":
+                self.gets += 1
+            else:
+                self.heads += 1
+            self.requests_by_path[path] += 1
+            failure = self._failures.pop(0) if self._failures else None
+            return self._files.get(path), failure
+
+    def _sent(self, n: int) -> None:
+        with self._lock:
+            self.bytes_sent += n
+
+
+def _handler(server: RangeServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def do_HEAD(self) -> None:
+            self._serve(body=False)
+
+        def do_GET(self) -> None:
+            self._serve(body=True)
+
+        def _error(self, status: int) -> None:
+            self.send_response(status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def _serve(self, body: bool) -> None:
+            path = self.path.split("?", 1)[0]
+            file, failure = server._take("GET" if body else "HEAD", path)
+            if server.latency:
+                time.sleep(server.latency)
+            if failure is not None:
+                return self._error(failure)
+            if file is None:
+                return self._error(404)
+            if_match = self.headers.get("If-Match")
+            if if_match is not None and if_match != file.etag:
+                return self._error(412)
+            data = file.data
+            start, end = 0, len(data)
+            ranged = self.headers.get("Range")
+            match = _RANGE.match(ranged) if ranged and not server.ignore_ranges else None
+            if match:
+                first, last = match.groups()
+                if first:
+                    start = int(first)
+                    end = min(len(data), int(last) + 1) if last else len(data)
+                else:
+                    start = max(0, len(data) - int(last))
+                if start >= len(data) and len(data) > 0:
+                    self.send_response(416)
+                    self.send_header("Content-Range", f"bytes */{len(data)}")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return None
+                self.send_response(206)
+                self.send_header("Content-Range", f"bytes {start}-{end - 1}/{len(data)}")
+            else:
+                self.send_response(200)
+            payload = memoryview(data)[start:end]
+            if body and server.short_by:
+                payload = payload[: max(0, len(payload) - server.short_by)]
+            self.send_header("ETag", file.etag)
+            self.send_header("Last-Modified", file.modified)
+            self.send_header("Accept-Ranges", "bytes")
+            if server.hide_size:
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                if body:
+                    for off in range(0, len(payload), 1 << 16):
+                        chunk = payload[off : off + (1 << 16)]
+                        self.wfile.write(b"%x\r\n" % len(chunk) + bytes(chunk) + b"\r\n")
+                    server._sent(len(payload))
+                    self.wfile.write(b"0\r\n\r\n")
+                return None
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            if body:
+                self.wfile.write(payload)
+                server._sent(len(payload))
+            return None
+
+    return Handler
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--latency-ms", type=float, default=0.0)
+    parser.add_argument("--size-mib", type=int, default=64, help="size of /big.bin")
+    parser.add_argument("--small-files", type=int, default=0, help="count of /small/N.bin")
+    args = parser.parse_args()
+    import random
+
+    rng = random.Random(0)
+    files = {"big.bin": rng.randbytes(args.size_mib << 20)}
+    for i in range(args.small_files):
+        files[f"small/{i}.bin"] = rng.randbytes(1 << 20)
+    server = RangeServer(files, port=args.port, latency=args.latency_ms / 1000)
+    print(server.url, flush=True)
+    server._httpd.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""Pages: fixed-size blocks of one version of one remote file, and their store state."""
+
+from __future__ import annotations
+
+import enum
+from typing import NamedTuple
+
+
+class PageKey(NamedTuple):
+    """Names a page: the file (``FileCookie.file_id``), its version, and the block index."""
+
+    file_id: str
+    version: str
+    index: int
+
+
+class StoreState(enum.Enum):
+    """Where a page stands in write-back; a page is in exactly one state at a time.
+
+    ``NONE``: never queued (read from disk, memory-only cache, or refused by a full
+    queue); ``PENDING``: queued and cancellable; ``STORING``: a worker is writing it;
+    ``STORED``: on disk.
+    """
+
+    NONE = "none"
+    PENDING = "pending"
+    STORING = "storing"
+    STORED = "stored"
+
+
+class Page:
+    """One resident block of bytes.
+
+    ``data`` never changes after construction. ``state`` is written only by the
+    :class:`~netcache.writeback.WritebackQueue` under its lock; anyone may read it
+    without a lock to take a first look, as ``fscache_maybe_release_page`` does.
+    """
+
+    __slots__ = ("data", "key", "state")
+
+    def __init__(self, key: PageKey, data: bytes | bytearray) -> None:
+        self.key = key
+        self.data = data
+        self.state = StoreState.NONE
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.data)
+
+    @property
+    def store_pending(self) -> bool:
+        """Whether a store is queued or running: such a page cannot simply be dropped."""
+        return self.state is StoreState.PENDING or self.state is StoreState.STORING
+
+    def __repr__(self) -> str:
+        return f"Page({self.key.index}, {self.nbytes} bytes, {self.state.value})"

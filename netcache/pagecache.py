@@ -1,0 +1,242 @@
+"""PageCache: the memory tier, with single-flight claims, eviction and reclaim."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+from netcache.page import Page, PageKey, StoreState
+from netcache.policies.eviction import EvictionPolicy
+from netcache.policies.release import (
+    Outcome,
+    PressureLevel,
+    Reason,
+    ReleasePolicy,
+    ReleaseRequest,
+    StoreControl,
+)
+from netcache.stats import Counters
+
+
+@dataclass
+class Claim:
+    """The answer to a lookup: pages resident now, pages another reader is fetching (wait
+    on the future), and pages this caller must now fetch and then ``complete`` or
+    ``fail`` (no one else will)."""
+
+    hits: dict[PageKey, Page] = field(default_factory=dict)
+    waits: dict[PageKey, Future[Page]] = field(default_factory=dict)
+    claimed: list[PageKey] = field(default_factory=list)
+
+
+class _NoStores:
+    """StoreControl for a cache without a disk tier: no page ever has a store."""
+
+    def cancel_if_pending(self, page: Page) -> StoreState:
+        return page.state
+
+    def wait_until_stored(self, page: Page, timeout: float | None) -> bool:
+        return True
+
+
+class PageCache:
+    """Resident pages within a byte budget.
+
+    ``lookup`` hands each missing page to exactly one caller (single flight): later
+    callers get that caller's future. Admission evicts, in the eviction policy's order,
+    pages with no store pending until the budget holds again; a page whose store is
+    queued or running is never evicted, so memory may exceed ``limit`` by the bytes the
+    bounded write-back queue holds. ``reclaim`` walks victims through the release policy.
+
+    Locking: one lock guards the pages, the eviction policy, the claims and the byte
+    count. It is never held across I/O, a release policy's decision, a future's result
+    or callbacks, or a wait.
+    """
+
+    def __init__(
+        self,
+        limit: int,
+        eviction: EvictionPolicy,
+        release: ReleasePolicy,
+        counters: Counters,
+        stores: StoreControl | None = None,
+    ) -> None:
+        self.limit = limit
+        self.eviction = eviction
+        self.release = release
+        self.stores: StoreControl = stores if stores is not None else _NoStores()
+        self._counters = counters
+        self._lock = threading.Lock()
+        self._pages: dict[PageKey, Page] = {}
+        self._by_file: dict[str, set[PageKey]] = {}
+        self._inflight: dict[PageKey, tuple[Future[Page], int]] = {}
+        self._generation: dict[str, int] = {}  # bumped by invalidation
+        self._bytes = 0
+        #: False under critical memory pressure: fetched pages go to their readers only.
+        self.admitting = True
+
+    # -- reading -------------------------------------------------------------------------
+
+    def lookup(self, keys: Iterable[PageKey]) -> Claim:
+        claim = Claim()
+        with self._lock:
+            for key in keys:
+                page = self._pages.get(key)
+                if page is not None:
+                    self.eviction.touch(key)
+                    claim.hits[key] = page
+                    continue
+                inflight = self._inflight.get(key)
+                if inflight is not None:
+                    claim.waits[key] = inflight[0]
+                    continue
+                self._inflight[key] = (Future(), self._generation.get(key.file_id, 0))
+                claim.claimed.append(key)
+        if claim.hits or claim.waits:
+            self._counters.add_many(
+                {"retrievals.mem": len(claim.hits), "retrievals.joined": len(claim.waits)}
+            )
+        return claim
+
+    def complete(self, page: Page) -> bool:
+        """Finish a claim with ``page``; return whether it was admitted into memory.
+
+        Not admitted when memory is under critical pressure or when the page's file was
+        invalidated while it was being fetched (its readers still get it).
+        """
+        key = page.key
+        with self._lock:
+            future, generation = self._inflight.pop(key)
+            admit = self.admitting and generation == self._generation.get(key.file_id, 0)
+            if admit:
+                self._insert(page)
+                evicted = self._evict_to_fit()
+        if admit and evicted[0]:
+            self._counters.add_many({"evict.n": evicted[0], "evict.bytes": evicted[1]})
+        future.set_result(page)
+        return admit
+
+    def fail(self, keys: Iterable[PageKey], exc: BaseException) -> None:
+        """Give up claims: their waiters get ``exc`` and nothing is cached."""
+        with self._lock:
+            futures = [self._inflight.pop(key)[0] for key in keys if key in self._inflight]
+        for future in futures:
+            future.set_exception(exc)
+
+    def offer(self, page: Page) -> bool:
+        """Admit a page nobody claimed (a remote sent more than was asked); False if it is
+        resident or being fetched already."""
+        with self._lock:
+            if not self.admitting or page.key in self._pages or page.key in self._inflight:
+                return False
+            self._insert(page)
+            evicted = self._evict_to_fit()
+        if evicted[0]:
+            self._counters.add_many({"evict.n": evicted[0], "evict.bytes": evicted[1]})
+        return True
+
+    # -- bookkeeping (callers hold the lock) -----------------------------------------------
+
+    def _insert(self, page: Page) -> None:
+        key = page.key
+        old = self._pages.get(key)
+        if old is not None:
+            self._bytes -= old.nbytes
+        self._pages[key] = page
+        self._by_file.setdefault(key.file_id, set()).add(key)
+        self._bytes += page.nbytes
+        self.eviction.admit(key)
+
+    def _remove(self, key: PageKey) -> Page:
+        page = self._pages.pop(key)
+        self._bytes -= page.nbytes
+        keys = self._by_file[key.file_id]
+        keys.discard(key)
+        if not keys:
+            del self._by_file[key.file_id]
+        self.eviction.remove(key)
+        return page
+
+    def _evict_to_fit(self) -> tuple[int, int]:
+        """Routine eviction: never touches a page whose store is pending."""
+        count = nbytes = 0
+        if self._bytes <= self.limit:
+            return count, nbytes
+        for key in self.eviction.victims():
+            page = self._pages[key]
+            if page.store_pending:
+                continue
+            self._remove(key)
+            count += 1
+            nbytes += page.nbytes
+            if self._bytes <= self.limit:
+                break
+        return count, nbytes
+
+    # -- reclaim and invalidation ----------------------------------------------------------
+
+    def reclaim(
+        self,
+        nbytes: int,
+        reason: Reason = Reason.RECLAIM,
+        level: PressureLevel = PressureLevel.MODERATE,
+        may_block: bool = True,
+    ) -> int:
+        """Release at least ``nbytes`` if possible, coldest first; return bytes freed.
+
+        Each victim goes through ``release.maybe_release_page`` and its outcome is
+        counted on the VmScan line. A second walk is made only if the first kept pages
+        (``kep``) and freed too little.
+        """
+        with self._lock:
+            victims = [self._pages[key] for key in self.eviction.victims()]
+        freed = 0
+        for attempt in (1, 2):
+            kept = False
+            for page in victims:
+                if freed >= nbytes:
+                    return freed
+                if self._pages.get(page.key) is not page:
+                    continue  # gone meanwhile (released, evicted, invalidated)
+                request = ReleaseRequest(reason, level, attempt, self.stores, may_block)
+                outcome = self.release.maybe_release_page(page, request)
+                self._counters.add(f"vmscan.{outcome.value}")
+                if outcome.released:
+                    with self._lock:
+                        if self._pages.get(page.key) is page:
+                            self._remove(page.key)
+                            freed += page.nbytes
+                elif outcome is Outcome.KEP:
+                    kept = True
+            if not kept:
+                break
+        return freed
+
+    def invalidate(self, file_id: str | None, keep_version: str | None = None) -> int:
+        """Drop a file's pages (all, or all but one version's), or every page when
+        ``file_id`` is None; claims in flight for it will not be admitted."""
+        with self._lock:
+            if file_id is None:
+                doomed = list(self._pages)
+                for fid in {k.file_id for k in self._inflight}:
+                    self._generation[fid] = self._generation.get(fid, 0) + 1
+            else:
+                doomed = [
+                    k
+                    for k in self._by_file.get(file_id, ())
+                    if keep_version is None or k.version != keep_version
+                ]
+                self._generation[file_id] = self._generation.get(file_id, 0) + 1
+            for key in doomed:
+                self._remove(key)
+        return len(doomed)
+
+    def gauges(self) -> dict[str, int]:
+        with self._lock:
+            return {
+                "pages.n": len(self._pages),
+                "pages.bytes": self._bytes,
+                "pages.limit": self.limit,
+            }

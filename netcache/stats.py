@@ -1,0 +1,194 @@
+"""Counters in the manner of ``/proc/fs/fscache/stats``.
+
+:class:`Counters` is the live, thread-safe set one cache context increments; a
+:class:`StatsSnapshot` is an immutable copy, with one frozen dataclass per stats line
+(``snapshot.vmscan.can``), a text rendering (``str(snapshot)``) and a flat
+``as_dict()`` for JSON and metrics exporters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+
+@dataclass(frozen=True)
+class PagesStats:
+    """Memory tier now: resident pages, their bytes, and the byte budget."""
+
+    label: ClassVar[str] = "Pages"
+    n: int = 0
+    bytes: int = 0
+    limit: int = 0
+
+
+@dataclass(frozen=True)
+class RetrievalStats:
+    """Page reads by where they were served from.
+
+    ``mem``/``disk``/``remote``: pages served from each tier; ``rbytes``: bytes fetched
+    from the remote; ``req``: remote data requests; ``joined``: pages a reader waited for
+    because another reader was already fetching them (single flight); ``err``: failed
+    remote fetches.
+    """
+
+    label: ClassVar[str] = "Retrvls"
+    mem: int = 0
+    disk: int = 0
+    remote: int = 0
+    rbytes: int = 0
+    req: int = 0
+    joined: int = 0
+    err: int = 0
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    """Write-back to the disk tier, with the kernel's names.
+
+    ``n``: store requests; ``ok``: queued; ``agn``: already queued or stored;
+    ``nbf``: refused because the queue was full; ``oom``: failed for lack of memory;
+    ``run``: stores a worker ran; ``pgs``: pages stored; ``err``: stores the disk tier
+    failed; ``pend``: bytes queued or being stored now.
+    """
+
+    label: ClassVar[str] = "Stores"
+    n: int = 0
+    ok: int = 0
+    agn: int = 0
+    nbf: int = 0
+    oom: int = 0
+    run: int = 0
+    pgs: int = 0
+    err: int = 0
+    pend: int = 0
+
+
+@dataclass(frozen=True)
+class VmScanStats:
+    """Outcomes of ``maybe_release_page`` during reclaim, one per call.
+
+    ``nos``: no store pending, released; ``gon``: a store was pending at the first look
+    but had finished by the time the lock was taken, released; ``bsy``: being stored,
+    skipped; ``can``: store queued and not started, cancelled and released; ``kep``: a
+    pending store the policy chose not to cancel yet, skipped; ``wt``: waits for a store
+    (only ``WaitForStore`` waits).
+    """
+
+    label: ClassVar[str] = "VmScan"
+    nos: int = 0
+    gon: int = 0
+    bsy: int = 0
+    can: int = 0
+    wt: int = 0
+    kep: int = 0
+
+
+@dataclass(frozen=True)
+class EvictStats:
+    """Routine eviction to stay within ``memory_limit`` (never cancels a store)."""
+
+    label: ClassVar[str] = "Evict"
+    n: int = 0
+    bytes: int = 0
+
+
+@dataclass(frozen=True)
+class InvalidationStats:
+    """Pages dropped because their file changed or was written (unconditional)."""
+
+    label: ClassVar[str] = "Invals"
+    n: int = 0
+    pages: int = 0
+
+
+@dataclass(frozen=True)
+class DiskStats:
+    """Disk tier: bytes and pages held now, the limit, culls, and trouble.
+
+    ``rerr``: pages that could not be read back (missing, corrupt, unreadable) and were
+    fetched from the remote instead; ``werr``: pages or metadata the disk tier failed to
+    write.
+    """
+
+    label: ClassVar[str] = "Disk"
+    used: int = 0
+    limit: int = 0
+    pages: int = 0
+    culls: int = 0
+    cbytes: int = 0
+    rerr: int = 0
+    werr: int = 0
+
+
+@dataclass(frozen=True)
+class StatsSnapshot:
+    """An immutable copy of every counter of one cache, taken at one moment."""
+
+    pages: PagesStats
+    retrievals: RetrievalStats
+    stores: StoreStats
+    vmscan: VmScanStats
+    evict: EvictStats
+    invalidations: InvalidationStats
+    disk: DiskStats
+
+    def groups(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def as_dict(self) -> dict[str, int]:
+        """Every counter flat, as ``{"vmscan.can": 3, ...}``."""
+        return {
+            f"{name}.{key}": value
+            for name, group in self.groups().items()
+            for key, value in dataclasses.asdict(group).items()
+        }
+
+    def __str__(self) -> str:
+        lines = []
+        for group in self.groups().values():
+            fields = " ".join(f"{k}={v}" for k, v in dataclasses.asdict(group).items())
+            lines.append(f"{group.label:<7}: {fields}")
+        return "\n".join(lines)
+
+
+_GROUP_TYPES: dict[str, type] = {
+    f.name: f.type if isinstance(f.type, type) else globals()[f.type]
+    for f in dataclasses.fields(StatsSnapshot)
+}
+COUNTER_NAMES: tuple[str, ...] = tuple(
+    f"{name}.{f.name}" for name, cls in _GROUP_TYPES.items() for f in dataclasses.fields(cls)
+)
+
+
+class Counters:
+    """The live counters of one cache.
+
+    Thread-safe: one lock guards every increment, so counts are exact. Gauges (bytes in
+    memory, bytes pending, disk usage) are not kept here; they are read from their
+    owners when a snapshot is taken.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._values = dict.fromkeys(COUNTER_NAMES, 0)
+
+    def add(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self._values[name] += n
+
+    def add_many(self, changes: dict[str, int]) -> None:
+        with self._lock:
+            for name, n in changes.items():
+                self._values[name] += n
+
+    def snapshot(self, gauges: dict[str, int]) -> StatsSnapshot:
+        with self._lock:
+            values = {**self._values, **gauges}
+        groups = {
+            name: cls(**{f.name: values[f"{name}.{f.name}"] for f in dataclasses.fields(cls)})
+            for name, cls in _GROUP_TYPES.items()
+        }
+        return StatsSnapshot(**groups)

@@ -1,0 +1,223 @@
+"""WritebackQueue: pages fetched from the remote, stored into the disk tier in the
+background."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+from netcache.backends.base import Backend
+from netcache.page import Page, PageKey, StoreState
+from netcache.stats import Counters
+from netcache.warnonce import WarnOnce
+
+logger = logging.getLogger("netcache")
+
+
+class WritebackQueue:
+    """A bounded FIFO of pages to store, served by worker threads.
+
+    A page moves NONE -> PENDING (``submit``) -> STORING (a worker took it) -> STORED, or
+    back to NONE when its store is cancelled, refused or fails. ``submit`` never blocks:
+    once ``max_pending_bytes`` are queued or being stored, further stores are refused
+    (counted as ``nbf``) and the page simply stays memory-only.
+
+    Locking: one condition variable guards the queue, every page's ``state`` and the
+    pending byte count. Workers hold it only to take a page and to finish one, never
+    across the backend's I/O, so readers, reclaim and workers never wait on a store.
+
+    Implements :class:`~netcache.policies.release.StoreControl` for release policies.
+    ``before_lock_hook``, if set, runs in ``cancel_if_pending`` between a policy's first
+    look and the lock: a test hook, so that a store can finish in that window (``gon``).
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        workers: int,
+        max_pending_bytes: int,
+        counters: Counters,
+        warn: WarnOnce,
+    ) -> None:
+        self.backend = backend
+        self.workers = workers
+        self.max_pending_bytes = max_pending_bytes
+        self._counters = counters
+        self._warn = warn
+        self._cond = threading.Condition(threading.Lock())
+        self._queue: OrderedDict[PageKey, Page] = OrderedDict()
+        self._pending_bytes = 0
+        self._storing: dict[PageKey, Page] = {}
+        self._doomed: set[PageKey] = set()  # being stored, but their file was invalidated
+        self._threads: list[threading.Thread] = []
+        self._closed = False
+        self.before_lock_hook: Callable[[Page], None] | None = None
+
+    # -- producers -----------------------------------------------------------------------
+
+    def submit(self, page: Page) -> bool:
+        """Queue ``page`` for storing; False if it was refused. Never blocks."""
+        with self._cond:
+            if page.state is not StoreState.NONE:
+                self._counters.add_many({"stores.n": 1, "stores.agn": 1})
+                return False
+            if self._closed or self._pending_bytes + page.nbytes > self.max_pending_bytes:
+                self._counters.add_many({"stores.n": 1, "stores.nbf": 1})
+                return False
+            page.state = StoreState.PENDING
+            self._queue[page.key] = page
+            self._pending_bytes += page.nbytes
+            self._counters.add_many({"stores.n": 1, "stores.ok": 1})
+            if len(self._threads) < self.workers:
+                self._start_worker()
+            self._cond.notify()
+        return True
+
+    def _start_worker(self) -> None:
+        thread = threading.Thread(
+            target=self._work, name=f"netcache-writeback-{len(self._threads)}", daemon=True
+        )
+        self._threads.append(thread)
+        thread.start()
+
+    # -- StoreControl --------------------------------------------------------------------
+
+    def cancel_if_pending(self, page: Page) -> StoreState:
+        hook = self.before_lock_hook
+        if hook is not None:
+            hook(page)
+        with self._cond:
+            state = page.state
+            if state is StoreState.PENDING:
+                self._dequeue(page)
+                page.state = StoreState.NONE
+                self._cond.notify_all()
+            return state
+
+    def wait_until_stored(self, page: Page, timeout: float | None) -> bool:
+        self._counters.add("vmscan.wt")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while page.store_pending:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+        return True
+
+    # -- whole queue ---------------------------------------------------------------------
+
+    @property
+    def pending_bytes(self) -> int:
+        return self._pending_bytes
+
+    def cancel_file(self, file_id: str | None, keep_version: str | None = None) -> None:
+        """Cancel the queued stores of one file (all, or all but one version's; every
+        file's if ``file_id`` is None). A store already running is undone (its page
+        discarded from the disk tier) as soon as it finishes."""
+
+        def doomed(key: PageKey) -> bool:
+            return (file_id is None or key.file_id == file_id) and key.version != keep_version
+
+        with self._cond:
+            for key in [k for k in self._queue if doomed(k)]:
+                page = self._queue[key]
+                self._dequeue(page)
+                page.state = StoreState.NONE
+            self._doomed.update(k for k in self._storing if doomed(k))
+            self._cond.notify_all()
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until nothing is queued or being stored; False if ``timeout`` ran out.
+
+        Each store ends (stored, failed or cancelled), so with ``timeout=None`` this
+        returns once the backlog present and arriving is done.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while self._queue or self._storing:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+        return True
+
+    def close(self, drain_timeout: float) -> bool:
+        """Stop accepting stores, let workers drain for ``drain_timeout`` seconds, then
+        drop what is left (those pages stay memory-only). Returns whether all was stored."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        drained = self.flush(drain_timeout)
+        with self._cond:
+            for page in list(self._queue.values()):
+                self._dequeue(page)
+                page.state = StoreState.NONE
+            self._cond.notify_all()
+        return drained
+
+    def reset_after_fork(self) -> None:
+        """In a forked child: fresh lock, no workers, and none of the parent's stores
+        (the parent stores them; doing them here too would store them twice)."""
+        self._cond = threading.Condition(threading.Lock())
+        for page in [*self._queue.values(), *self._storing.values()]:
+            page.state = StoreState.NONE
+        self._queue.clear()
+        self._storing.clear()
+        self._doomed.clear()
+        self._pending_bytes = 0
+        self._threads = []
+
+    # -- workers -------------------------------------------------------------------------
+
+    def _dequeue(self, page: Page) -> None:
+        """Remove a queued page. Caller holds the lock."""
+        del self._queue[page.key]
+        self._pending_bytes -= page.nbytes
+
+    def _work(self) -> None:
+        cond = self._cond
+        while True:
+            with cond:
+                while not self._queue and not self._closed:
+                    cond.wait()
+                if not self._queue:
+                    return
+                key, page = self._queue.popitem(last=False)
+                page.state = StoreState.STORING
+                self._storing[key] = page
+            stored = self._store(page)
+            with cond:
+                page.state = StoreState.STORED if stored else StoreState.NONE
+                self._pending_bytes -= page.nbytes
+                del self._storing[key]
+                doomed = key in self._doomed
+                self._doomed.discard(key)
+                cond.notify_all()
+            if doomed and stored:
+                self._discard(key)
+
+    def _discard(self, key: PageKey) -> None:
+        try:
+            self.backend.discard_page(key)
+        except Exception as exc:
+            self._counters.add("disk.werr")
+            self._warn("discard", "netcache: removing an invalidated page failed: %r", exc)
+
+    def _store(self, page: Page) -> bool:
+        self._counters.add("stores.run")
+        try:
+            self.backend.store_page(page.key, page.data)
+        except MemoryError:
+            self._counters.add("stores.oom")
+            return False
+        except Exception as exc:
+            self._counters.add_many({"stores.err": 1, "disk.werr": 1})
+            self._warn("store", "netcache: storing a page in the disk tier failed: %r", exc)
+            return False
+        self._counters.add("stores.pgs")
+        self._warn.reset("store")
+        return True

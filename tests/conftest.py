@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import os
+import random
+import threading
+from collections.abc import Iterator
+
+import fsspec
+import pytest
+
+import netcache
+from netcache.backends.mapping import MappingBackend
+from netcache.httpserver import RangeServer
+from netcache.page import PageKey
+
+KiB = 1 << 10
+MiB = 1 << 20
+BS = 64 * KiB  # small pages keep the tests fast and multi-page
+
+
+def payload(n: int, seed: int = 0) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_caches() -> Iterator[None]:
+    """Each test starts with no shared cache contexts and no cached fsspec instances."""
+    yield
+    netcache.close_all(drain_timeout=5)
+    fsspec.AbstractFileSystem.clear_instance_cache()
+    netcache.NetCacheFileSystem.clear_instance_cache()
+
+
+@pytest.fixture
+def server() -> Iterator[RangeServer]:
+    files = {"big.bin": payload(3 * MiB + 12345, 1), "small.bin": payload(1000, 2)}
+    with RangeServer(files) as srv:
+        yield srv
+
+
+def http_fs(cache_dir: object, **kwargs: object) -> netcache.NetCacheFileSystem:
+    kwargs.setdefault("block_size", BS)
+    return netcache.NetCacheFileSystem(target_protocol="http", cache_dir=cache_dir, **kwargs)
+
+
+class GatedBackend(MappingBackend):
+    """A disk tier whose stores wait for ``gate`` (bounded), so tests can hold pages in
+    PENDING and STORING deterministically."""
+
+    def __init__(self, block_size: int = BS, limit: int = 64 * MiB) -> None:
+        super().__init__({}, block_size, limit)
+        self.gate = threading.Event()
+        self.storing = threading.Event()
+        self.stored: list[PageKey] = []
+
+    def store_page(self, key: PageKey, data: bytes | bytearray) -> None:
+        self.storing.set()
+        if not self.gate.wait(timeout=30):
+            raise TimeoutError("test gate never opened")
+        super().store_page(key, data)
+        self.stored.append(key)
+
+
+def wait_for(predicate, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
+    """Poll ``predicate`` until true or ``timeout``; tests assert on the result."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.005)
+    return predicate()
+
+
+@pytest.fixture
+def cache_dir(tmp_path: object) -> str:
+    return os.fspath(tmp_path / "cache")  # type: ignore[operator]
