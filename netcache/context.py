@@ -55,7 +55,7 @@ def default_cache_dir() -> str:
 class CacheConfig:
     """Validated settings of one cache; ``cache_dir`` None means memory only."""
 
-    cache_dir: str | None
+    cache_dir: str | Backend | None
     block_size: int
     memory_limit: int
     disk_limit: int
@@ -78,8 +78,17 @@ class CacheConfig:
     ) -> CacheConfig:
         if cache_dir is None:
             cache_dir = default_cache_dir()
+        bs = parse_size(block_size, "block_size", minimum=4096)
+        resolved: str | Backend | None
         if cache_dir is False:
             resolved = None
+        elif isinstance(cache_dir, Backend):
+            if cache_dir.block_size != bs:
+                raise ValueError(
+                    f"block_size={block_size!r} differs from the backend's block_size "
+                    f"{cache_dir.block_size}; give both the same page size"
+                )
+            resolved = cache_dir
         elif isinstance(cache_dir, (str, os.PathLike)) and os.fspath(cache_dir):
             resolved = os.path.abspath(os.path.expanduser(os.fspath(cache_dir)))
             if os.path.exists(resolved) and not os.path.isdir(resolved):
@@ -88,17 +97,16 @@ class CacheConfig:
                 )
         else:
             raise TypeError(
-                f"cache_dir={cache_dir!r} must be a folder path, None (default folder "
-                f"{default_cache_dir()!r}) or False (memory only)"
+                f"cache_dir={cache_dir!r} must be a folder path, a Backend, None (default "
+                f"folder {default_cache_dir()!r}) or False (memory only)"
             )
-        bs = parse_size(block_size, "block_size", minimum=4096)
         mem = parse_size(memory_limit, "memory_limit")
         if mem < bs:
             raise ValueError(
                 f"memory_limit={memory_limit!r} must hold at least one page (block_size={bs})"
             )
         disk = parse_size(disk_limit, "disk_limit")
-        if resolved is not None and disk < 2 * bs:
+        if isinstance(resolved, str) and disk < 2 * bs:
             raise ValueError(
                 f"disk_limit={disk_limit!r} must hold at least two pages "
                 f"(block_size={bs}); use cache_dir=False for no disk tier"
@@ -197,8 +205,8 @@ class CacheContext:
         )
 
     def _open_backend(self) -> Backend | None:
-        if self.config.cache_dir is None:
-            return None
+        if self.config.cache_dir is None or isinstance(self.config.cache_dir, Backend):
+            return self.config.cache_dir
         try:
             return DirectoryBackend(
                 self.config.cache_dir, self.config.block_size, self.config.disk_limit
@@ -267,7 +275,7 @@ class _Registry:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.contexts: dict[tuple[str | None, str], CacheContext] = {}
+        self.contexts: dict[tuple[object, str], CacheContext] = {}
 
     def acquire(self, config: CacheConfig, target_id: str) -> CacheContext:
         key = (config.cache_dir, target_id)

@@ -12,7 +12,7 @@ from fsspec import AbstractFileSystem
 from fsspec.implementations.chained import ChainedFileSystem
 from fsspec.spec import AbstractBufferedFile
 
-from netcache.backends.base import DiskUsage
+from netcache.backends.base import Backend, DiskUsage
 from netcache.context import (
     DEFAULT_BLOCK_SIZE,
     DEFAULT_CHECK_INTERVAL,
@@ -51,7 +51,9 @@ class NetCacheFileSystem(ChainedFileSystem):
         and ``target_protocol``).
     cache_dir:
         Folder of the disk tier. None: ``$XDG_CACHE_HOME/netcache`` (else
-        ``~/.cache/netcache``); False: memory only.
+        ``~/.cache/netcache``); False: memory only; or a :class:`~netcache.Backend`
+        instance (e.g. ``MappingBackend(zict.File(path), block_size, limit)``), whose own
+        limit then applies instead of ``disk_limit``.
     block_size:
         Page size in bytes (int or ``"128KiB"``), default 128 KiB.
     memory_limit:
@@ -83,7 +85,7 @@ class NetCacheFileSystem(ChainedFileSystem):
         fs: AbstractFileSystem | None = None,
         target_protocol: str | None = None,
         target_options: dict[str, Any] | None = None,
-        cache_dir: str | os.PathLike[str] | bool | None = None,
+        cache_dir: str | os.PathLike[str] | Backend | bool | None = None,
         block_size: int | str = DEFAULT_BLOCK_SIZE,
         memory_limit: int | str = DEFAULT_MEMORY_LIMIT,
         disk_limit: int | str = DEFAULT_DISK_LIMIT,
@@ -449,7 +451,8 @@ class WriteThroughFile(io.RawIOBase):
         return self._file.write(data)
 
     def flush(self) -> None:
-        self._file.flush()
+        if not self._file.closed:
+            self._file.flush()
 
     def tell(self) -> int:
         return self._file.tell()

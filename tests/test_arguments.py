@@ -79,13 +79,14 @@ def test_fs_and_protocol_together() -> None:
 def test_cache_dir_that_is_a_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
     f = tmp_path / "file"
     f.write_bytes(b"x")
-    with pytest.raises(NotADirectoryError, match="cache_dir=.* not a directory"):
+    with pytest.raises(NotADirectoryError, match=r"cache_dir=.* not a directory"):
         make(cache_dir=str(f))
 
 
 def test_shared_context_conflicts_name_both_values(tmp_path) -> None:  # type: ignore[no-untyped-def]
     make(cache_dir=str(tmp_path), block_size="64KiB")
-    with pytest.raises(ValueError, match=r"block_size=65536 \(already in use\) and block_size=131072"):
+    both = r"block_size=65536 \(already in use\) and block_size=131072"
+    with pytest.raises(ValueError, match=both):
         make(cache_dir=str(tmp_path), block_size="128KiB")
     with pytest.raises(ValueError, match="memory_limit="):
         make(cache_dir=str(tmp_path), block_size="64KiB", memory_limit="1MiB")

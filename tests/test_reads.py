@@ -39,7 +39,7 @@ def test_random_reads_every_byte(server: RangeServer, cache_dir: str) -> None:
 def test_other_targets(target: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
     data = payload(5 * BS + 3, 4)
     base = fsspec.filesystem(target)
-    path = (str(tmp_path / "f.bin") if target == "file" else "/nc-test/f.bin")
+    path = str(tmp_path / "f.bin") if target == "file" else "/nc-test/f.bin"
     base.pipe_file(path, data)
     fs = netcache.NetCacheFileSystem(fs=base, cache_dir=str(tmp_path / "c"), block_size=BS)
     rng = random.Random(1)
@@ -71,8 +71,7 @@ def test_only_missing_pages_fetched_adjacent_in_one_request(server: RangeServer,
     assert st.retrievals.remote == 8 and st.retrievals.req == 3 and st.retrievals.rbytes == 8 * BS
 
 
-def test_cat_ranges_cat_read_block_get_file(server: RangeServer, cache_dir: str,
-                                            tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_cat_ranges_cat_read_block_get_file(server: RangeServer, cache_dir: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
     fs = http_fs(cache_dir)
     url = f"{server.url}/big.bin"
     small = f"{server.url}/small.bin"

@@ -56,7 +56,7 @@ class DirectoryBackend(Backend):
         self.limit = limit
         self.root = os.path.join(os.path.abspath(os.path.expanduser(cache_dir)), LAYOUT)
         self.files = os.path.join(self.root, "files")
-        os.makedirs(self.files, mode=0o700, exist_ok=True)
+        _makedirs_private(self.files)
         self._lock = threading.Lock()
         self._index = PageIndex(limit)
         self._suffix = f".{block_size:x}."
@@ -170,7 +170,7 @@ class DirectoryBackend(Backend):
 
     def _write_atomic(self, path: str, chunks: tuple[bytes | bytearray, ...]) -> None:
         folder = os.path.dirname(path)
-        os.makedirs(folder, mode=0o700, exist_ok=True)
+        _makedirs_private(folder)
         tmp = os.path.join(folder, f"{_TMP_PREFIX}{os.getpid()}.{secrets.token_hex(6)}")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -226,6 +226,18 @@ def _writer_gone(tmp_name: str) -> bool:
     except ValueError:
         return True
     return pid != os.getpid() and not psutil.pid_exists(pid)
+
+
+def _makedirs_private(folder: str) -> None:
+    """Create ``folder`` and any missing parents owner-only (``os.makedirs`` gives its
+    mode to the last folder alone)."""
+    if os.path.isdir(folder):
+        return
+    parent = os.path.dirname(folder)
+    if parent != folder:
+        _makedirs_private(parent)
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(folder, 0o700)
 
 
 def _remove_any(path: str) -> None:

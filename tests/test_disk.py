@@ -1,0 +1,195 @@
+"""The disk tier: limits, corruption, sharing, zict mappings, permissions, secrets."""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+
+import fsspec
+import pytest
+import zict
+from conftest import BS, MiB, http_fs, payload
+
+import netcache
+from netcache.backends import MappingBackend
+from netcache.backends.directory import LAYOUT
+from netcache.httpserver import RangeServer
+
+
+def page_files(cache_dir: str) -> list[str]:
+    out = []
+    for folder, _, names in os.walk(os.path.join(cache_dir, LAYOUT)):
+        out += [os.path.join(folder, n) for n in names if n.endswith(".page")]
+    return sorted(out)
+
+
+def folder_bytes(cache_dir: str) -> int:
+    return sum(
+        os.path.getsize(os.path.join(folder, n))
+        for folder, _, names in os.walk(cache_dir)
+        for n in names
+    )
+
+
+def test_disk_limit_holds(server: RangeServer, cache_dir: str) -> None:
+    limit = 8 * BS + 4096
+    fs = http_fs(cache_dir, disk_limit=limit)
+    url = f"{server.url}/big.bin"
+    data = server._files["/big.bin"].data
+    assert fs.cat_file(url) == data
+    assert fs.flush(30)
+    usage = fs.disk_usage()
+    assert usage is not None and usage.used <= limit
+    assert usage.culls >= len(range(0, len(data), BS)) - 8
+    # slack: one meta.json per file, documented in DirectoryBackend
+    assert folder_bytes(cache_dir) <= limit + 4096
+    st = fs.stats()
+    assert st.disk.used == usage.used and st.disk.culls == usage.culls
+
+
+def _reopen(cache_dir: str) -> netcache.NetCacheFileSystem:
+    netcache.close_all()
+    netcache.NetCacheFileSystem.clear_instance_cache()
+    return http_fs(cache_dir, check_interval=None)
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "directory", "header"])
+def test_corrupt_page_is_refetched(server: RangeServer, cache_dir: str, damage: str,
+                                   caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+    url = f"{server.url}/big.bin"
+    data = server._files["/big.bin"].data
+    fs = http_fs(cache_dir, check_interval=None)
+    assert fs.cat_file(url) == data
+    assert fs.flush(30)
+    files = page_files(cache_dir)
+    for victim in files[3:5]:
+        if damage == "flip":
+            with open(victim, "r+b") as f:
+                f.seek(-100, os.SEEK_END)
+                byte = f.read(1)[0]
+                f.seek(-100, os.SEEK_END)
+                f.write(bytes([byte ^ 0x01]))
+        elif damage == "truncate":
+            os.truncate(victim, os.path.getsize(victim) - 7)
+        elif damage == "header":
+            with open(victim, "r+b") as f:
+                f.seek(24)  # the page index in the header
+                f.write(b"\xff")
+        else:
+            os.unlink(victim)
+            os.mkdir(victim)
+    fs = _reopen(cache_dir)
+    server.reset_counts()
+    with caplog.at_level(logging.WARNING, logger="netcache"):
+        assert fs.cat_file(url) == data
+    st = fs.stats()
+    assert st.disk.rerr == 2 and st.retrievals.remote == 2
+    assert server.bytes_sent == 2 * BS
+    assert len([r for r in caplog.records if "disk-tier page" in r.getMessage()]) == 1
+    assert fs.flush(30)
+    # the damaged pages were replaced by good ones
+    fs = _reopen(cache_dir)
+    server.reset_counts()
+    assert fs.cat_file(url) == data and server.gets == 0
+
+
+def test_leftover_temporaries_are_removed(cache_dir: str, server: RangeServer) -> None:
+    fs = http_fs(cache_dir)
+    fs.cat_file(f"{server.url}/small.bin")
+    assert fs.flush(10)
+    folder = os.path.dirname(page_files(cache_dir)[0])
+    dead = os.path.join(folder, ".tmp.999999999.abcdef")
+    mine = os.path.join(folder, f".tmp.{os.getpid()}.abcdef")
+    for path in (dead, mine):
+        with open(path, "wb") as f:
+            f.write(b"half a page")
+    _reopen(cache_dir)
+    assert not os.path.exists(dead)
+    assert os.path.exists(mine)  # a live writer's temporary is left alone
+
+
+def test_permissions_are_owner_only(cache_dir: str, server: RangeServer) -> None:
+    fs = http_fs(cache_dir)
+    fs.cat_file(f"{server.url}/small.bin")
+    assert fs.flush(10)
+    for folder, _, names in os.walk(cache_dir):
+        assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700
+        for n in names:
+            assert stat.S_IMODE(os.stat(os.path.join(folder, n)).st_mode) == 0o600
+
+
+def test_secrets_never_reach_the_disk(cache_dir: str) -> None:
+    data = payload(2 * BS, 8)
+    with RangeServer({"private/data.bin": data}) as srv:
+        host = srv.url.removeprefix("http://")
+        url = f"http://alice:PASSWORD123@{host}/private/data.bin?token=SECRET456&sig=SIG789"
+        fs = http_fs(cache_dir)
+        assert fs.cat_file(url) == data
+        assert fs.flush(10)
+        for folder, _, names in os.walk(cache_dir):
+            for n in names:
+                assert not any(s in n for s in ("private", "SECRET", "PASSWORD"))
+                with open(os.path.join(folder, n), "rb") as f:
+                    blob = f.read()
+                for secret in (b"PASSWORD123", b"SECRET456", b"SIG789", b"alice"):
+                    assert secret not in blob
+        assert "SECRET" not in str(fs.stats()) and "SECRET" not in repr(fs)
+
+
+def test_unusable_cache_dir_runs_memory_only(caplog: pytest.LogCaptureFixture,
+                                            server: RangeServer) -> None:  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="netcache"):
+        fs = http_fs("/proc/netcache-cannot-exist/cache")
+    assert fs.context.backend is None
+    assert fs.cat_file(f"{server.url}/small.bin") == server._files["/small.bin"].data
+    assert fs.stats().disk.werr == 1
+    assert len(caplog.records) == 1 and "disk tier" in caplog.records[0].getMessage()
+
+
+def test_zict_file_backend(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    mem = fsspec.filesystem("memory")
+    data = payload(5 * BS + 7, 11)
+    mem.pipe_file("/z/f.bin", data)
+
+    def backend() -> MappingBackend:
+        return MappingBackend(zict.File(str(tmp_path / "zict")), BS, 64 * MiB)
+
+    fs = netcache.NetCacheFileSystem(fs=mem, cache_dir=backend(), block_size=BS)
+    assert fs.cat_file("/z/f.bin") == data
+    assert fs.flush(10)
+    netcache.close_all()
+    fs = netcache.NetCacheFileSystem(fs=mem, cache_dir=backend(), block_size=BS,
+                                     skip_instance_cache=True)  # fmt: skip
+    assert fs.cat_file("/z/f.bin") == data
+    st = fs.stats()
+    assert st.retrievals.disk == 6 and st.retrievals.remote == 0
+    # a damaged value is a miss, not wrong bytes
+    z = zict.File(str(tmp_path / "zict"))
+    name = next(k for k in z if k.endswith(".3.page"))
+    raw = bytearray(z[name])
+    raw[-1] ^= 0xFF
+    z[name] = bytes(raw)
+    netcache.close_all()
+    fs = netcache.NetCacheFileSystem(fs=mem, cache_dir=backend(), block_size=BS,
+                                     skip_instance_cache=True)  # fmt: skip
+    assert fs.cat_file("/z/f.bin") == data
+    assert fs.stats().disk.rerr == 1 and fs.stats().retrievals.remote == 1
+
+
+def test_mapping_backend_culls_within_limit() -> None:
+    store: dict[str, bytes] = {}
+    backend = MappingBackend(store, BS, 3 * (BS + 100))
+    mem = fsspec.filesystem("memory")
+    mem.pipe_file("/m/f.bin", payload(10 * BS, 3))
+    fs = netcache.NetCacheFileSystem(fs=mem, cache_dir=backend, block_size=BS)
+    fs.cat_file("/m/f.bin")
+    assert fs.flush(10)
+    assert len([k for k in store if k.endswith(".page")]) == 3
+    assert backend.usage().culls == 7
+
+
+def test_block_size_must_match_backend() -> None:
+    with pytest.raises(ValueError, match=r"block_size=.* differs from the backend"):
+        netcache.NetCacheFileSystem(target_protocol="memory", block_size=2 * BS,
+                                    cache_dir=MappingBackend({}, BS, MiB))  # fmt: skip

@@ -1,0 +1,181 @@
+"""FS-Cache style release: each maybe_release_page outcome counted exactly, with a disk
+tier whose stores are held back so PENDING and STORING are deterministic."""
+
+from __future__ import annotations
+
+import threading
+
+import fsspec
+import pytest
+from conftest import BS, GatedBackend, payload, wait_for
+
+import netcache
+from netcache.page import StoreState
+from netcache.policies import CancelPending, PressureLevel, WaitForStore
+
+
+def make_fs(backend: GatedBackend, **kwargs: object) -> netcache.NetCacheFileSystem:
+    mem = fsspec.filesystem("memory")
+    for name in ("p", "c"):
+        mem.pipe_file(f"/rel/{name}.bin", payload(4 * BS, ord(name)))
+    kwargs.setdefault("writeback_workers", 1)
+    return netcache.NetCacheFileSystem(fs=mem, cache_dir=backend, block_size=BS,
+                                       check_interval=None, **kwargs)  # fmt: skip
+
+
+def pages_of(fs: netcache.NetCacheFileSystem, name: str) -> list:  # type: ignore[type-arg]
+    cache = fs.context.page_cache
+    fid = fs.context.cookies.file_id(f"/rel/{name}.bin")
+    return sorted((p for p in cache._pages.values() if p.key.file_id == fid),
+                  key=lambda p: p.key.index)  # fmt: skip
+
+
+def vmscan(fs: netcache.NetCacheFileSystem) -> dict[str, int]:
+    v = fs.stats().vmscan
+    return {"nos": v.nos, "gon": v.gon, "bsy": v.bsy, "can": v.can, "wt": v.wt, "kep": v.kep}
+
+
+def test_bsy_can_then_nos() -> None:
+    backend = GatedBackend()
+    fs = make_fs(backend, release_policy=CancelPending())
+    fs.cat_file("/rel/p.bin")
+    assert backend.storing.wait(10)
+    states = [p.state for p in pages_of(fs, "p")]
+    assert states == [StoreState.STORING] + [StoreState.PENDING] * 3
+    freed = fs.reclaim(4 * BS)
+    assert freed == 3 * BS
+    assert vmscan(fs) == {"nos": 0, "gon": 0, "bsy": 1, "can": 3, "wt": 0, "kep": 0}
+    assert fs.stats().pages.n == 1
+    backend.gate.set()
+    assert fs.flush(10)
+    assert len(backend.stored) == 1  # cancelled stores never ran
+    assert fs.reclaim(BS) == BS
+    assert vmscan(fs)["nos"] == 1
+    assert fs.stats().pages.n == 0
+
+
+def test_gon_store_finishes_between_look_and_lock() -> None:
+    backend = GatedBackend()
+    fs = make_fs(backend, release_policy=CancelPending())
+    fs.cat_file("/rel/p.bin", 0, BS)
+    assert backend.storing.wait(10)
+    page = pages_of(fs, "p")[0]
+    writeback = fs.context.writeback
+    assert writeback is not None
+
+    def finish_store(p: object) -> None:
+        backend.gate.set()
+        assert wait_for(lambda: page.state is StoreState.STORED)
+
+    writeback.before_lock_hook = finish_store
+    assert fs.reclaim(BS) == BS
+    assert vmscan(fs) == {"nos": 0, "gon": 1, "bsy": 0, "can": 0, "wt": 0, "kep": 0}
+
+
+def _clean_then_pending(backend: GatedBackend, fs: netcache.NetCacheFileSystem) -> None:
+    """Clean pages of c.bin that are hotter than the pending pages of p.bin."""
+    backend.gate.set()
+    fs.cat_file("/rel/c.bin")
+    assert fs.flush(10)
+    backend.gate.clear()
+    backend.storing.clear()
+    fs.cat_file("/rel/p.bin")
+    assert backend.storing.wait(10)
+    fs.cat_file("/rel/c.bin")  # c.bin is now the most recently used
+
+
+def test_graded_moderate_releases_clean_pages_before_cancelling() -> None:
+    backend = GatedBackend()
+    fs = make_fs(backend)
+    _clean_then_pending(backend, fs)
+    assert fs.reclaim(4 * BS, level=PressureLevel.MODERATE) == 4 * BS
+    assert vmscan(fs) == {"nos": 4, "gon": 0, "bsy": 1, "can": 0, "wt": 0, "kep": 3}
+    assert [p.state for p in pages_of(fs, "p")][1:] == [StoreState.PENDING] * 3
+    # not enough clean pages left: the second walk cancels
+    assert fs.reclaim(3 * BS, level=PressureLevel.MODERATE) == 3 * BS
+    assert vmscan(fs) == {"nos": 4, "gon": 0, "bsy": 3, "can": 3, "wt": 0, "kep": 6}
+    backend.gate.set()
+
+
+def test_graded_high_cancels_at_once() -> None:
+    backend = GatedBackend()
+    fs = make_fs(backend)
+    _clean_then_pending(backend, fs)
+    assert fs.reclaim(4 * BS, level=PressureLevel.HIGH) == 4 * BS
+    assert vmscan(fs) == {"nos": 1, "gon": 0, "bsy": 1, "can": 3, "wt": 0, "kep": 0}
+    backend.gate.set()
+
+
+def test_graded_never_cancels_without_pressure() -> None:
+    backend = GatedBackend()
+    fs = make_fs(backend)
+    fs.cat_file("/rel/p.bin")
+    assert backend.storing.wait(10)
+    assert fs.reclaim(4 * BS, level=PressureLevel.NONE) == 0
+    # both walks keep every pending page: nothing cancelled, nothing freed
+    assert vmscan(fs) == {"nos": 0, "gon": 0, "bsy": 2, "can": 0, "wt": 0, "kep": 6}
+    backend.gate.set()
+
+
+def test_wait_for_store_with_timeout_counts_wt() -> None:
+    backend = GatedBackend()
+    fs = make_fs(backend, release_policy=WaitForStore(timeout=0.05))
+    fs.cat_file("/rel/p.bin", 0, 2 * BS)
+    assert backend.storing.wait(10)
+    assert fs.reclaim(2 * BS) == BS  # page 1 cancelled; page 0 waited for, still storing
+    assert vmscan(fs) == {"nos": 0, "gon": 0, "bsy": 1, "can": 1, "wt": 1, "kep": 0}
+    threading.Timer(0.05, backend.gate.set).start()
+    fs2 = make_fs(backend, release_policy=WaitForStore(timeout=10))
+    assert fs2.context is fs.context
+    assert fs.reclaim(BS) == BS  # waited, and the store finished in time
+    assert vmscan(fs) == {"nos": 0, "gon": 1, "bsy": 1, "can": 1, "wt": 2, "kep": 0}
+
+
+def test_routine_eviction_never_cancels_a_store() -> None:
+    backend = GatedBackend()
+    mem = fsspec.filesystem("memory")
+    data = payload(12 * BS, 5)
+    mem.pipe_file("/ev/f.bin", data)
+    fs = netcache.NetCacheFileSystem(fs=mem, cache_dir=backend, block_size=BS,
+                                     memory_limit=4 * BS, writeback_workers=1)  # fmt: skip
+    for i in range(12):
+        assert fs.cat_file("/ev/f.bin", i * BS, (i + 1) * BS) == data[i * BS : (i + 1) * BS]
+    st = fs.stats()
+    assert st.vmscan.can == 0
+    assert st.pages.n <= 4
+    # the page being stored stayed resident through all that eviction
+    first = fs.context.page_cache._pages.get(next(iter(backend_keys(fs, 0))))
+    assert first is not None and first.store_pending
+    assert st.stores.ok == 1 and st.stores.nbf == 11  # the queue holds a quarter of memory
+    assert st.evict.n == 12 - st.pages.n
+    backend.gate.set()
+    assert fs.flush(10)
+    assert backend.stored and backend.stored[0].index == 0
+
+
+def backend_keys(fs: netcache.NetCacheFileSystem, index: int) -> list:  # type: ignore[type-arg]
+    return [k for k in fs.context.page_cache._pages if k.index == index]
+
+
+def test_flush_times_out_while_held_then_completes() -> None:
+    backend = GatedBackend()
+    fs = make_fs(backend)
+    fs.cat_file("/rel/p.bin")
+    assert fs.flush(timeout=0.05) is False
+    assert fs.stats().stores.pend == 4 * BS
+    backend.gate.set()
+    assert fs.flush(timeout=10) is True
+    st = fs.stats()
+    assert st.stores.pend == 0 and st.stores.pgs == 4 and st.stores.run == 4
+
+
+@pytest.mark.parametrize("policy", [CancelPending(), netcache.PressureGraded()])
+def test_reclaim_with_nothing_pending_is_all_nos(policy: object) -> None:
+    mem = fsspec.filesystem("memory")
+    mem.pipe_file("/nos/f.bin", payload(5 * BS, 1))
+    fs = netcache.NetCacheFileSystem(fs=mem, cache_dir=False, block_size=BS,
+                                     release_policy=policy)  # fmt: skip
+    fs.cat_file("/nos/f.bin")
+    assert fs.reclaim(2 * BS + 1) == 3 * BS
+    assert vmscan(fs) == {"nos": 3, "gon": 0, "bsy": 0, "can": 0, "wt": 0, "kep": 0}
+    assert fs.stats().pages.bytes == 2 * BS

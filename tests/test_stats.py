@@ -1,0 +1,38 @@
+"""The stats snapshot: immutable, exact, FS-Cache style text, flat dict."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import fsspec
+import pytest
+from conftest import BS, payload
+
+import netcache
+
+
+def test_snapshot_text_attributes_and_dict() -> None:
+    mem = fsspec.filesystem("memory")
+    mem.pipe_file("/s/f.bin", payload(3 * BS, 1))
+    fs = netcache.NetCacheFileSystem(fs=mem, cache_dir=False, block_size=BS, memory_limit=8 * BS)
+    fs.cat_file("/s/f.bin", 0, 2 * BS)  # 2 pages from the remote, one request
+    fs.cat_file("/s/f.bin", BS, 3 * BS)  # 1 from memory, 1 from the remote
+    st = fs.stats()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        st.vmscan.can = 5  # type: ignore[misc]
+    assert (st.retrievals.mem, st.retrievals.remote, st.retrievals.req) == (1, 3, 2)
+    assert st.pages.n == 3 and st.pages.bytes == 3 * BS and st.pages.limit == 8 * BS
+    text = str(st)
+    names = [line.split(":")[0].strip() for line in text.splitlines()]
+    assert names == ["Pages", "Retrvls", "Stores", "VmScan", "Evict", "Invals", "Disk"]
+    assert re.search(r"^VmScan : nos=0 gon=0 bsy=0 can=0 wt=0 kep=0$", text, re.M)
+    assert re.search(rf"^Retrvls: mem=1 disk=0 remote=3 rbytes={3 * BS} req=2 ", text, re.M)
+    flat = st.as_dict()
+    assert flat["retrievals.remote"] == 3 and flat["vmscan.can"] == 0
+    for name, group in st.groups().items():
+        for f in dataclasses.fields(group):
+            assert flat[f"{name}.{f.name}"] == getattr(group, f.name)
+    # a snapshot does not move when the cache does
+    fs.cat_file("/s/f.bin")
+    assert st.retrievals.mem == 1 and fs.stats().retrievals.mem == 4
