@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import email.utils
 import hashlib
+import json
 import re
 import threading
 import time
@@ -125,7 +126,25 @@ def _handler(server: RangeServer) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Length", "0")
             self.end_headers()
 
+        def _control(self) -> None:
+            """``/_control/stats`` (JSON counts), ``/_control/reset``,
+            ``/_control/latency/<seconds>``: for a server in another process."""
+            parts = self.path.split("/")[2:]
+            if parts[:1] == ["reset"]:
+                server.reset_counts()
+            elif parts[:1] == ["latency"] and len(parts) == 2:
+                server.latency = float(parts[1])
+            with server._lock:
+                body = json.dumps({"gets": server.gets, "heads": server.heads,
+                                   "bytes_sent": server.bytes_sent}).encode()  # fmt: skip
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
         def _serve(self, body: bool) -> None:
+            if self.path.startswith("/_control/"):
+                return self._control()
             path = self.path.split("?", 1)[0]
             file, failure = server._take("GET" if body else "HEAD", path)
             if server.latency:
@@ -168,17 +187,17 @@ def _handler(server: RangeServer) -> type[BaseHTTPRequestHandler]:
                 self.send_header("Transfer-Encoding", "chunked")
                 self.end_headers()
                 if body:
+                    server._sent(len(payload))
                     for off in range(0, len(payload), 1 << 16):
                         chunk = payload[off : off + (1 << 16)]
                         self.wfile.write(b"%x\r\n" % len(chunk) + bytes(chunk) + b"\r\n")
-                    server._sent(len(payload))
                     self.wfile.write(b"0\r\n\r\n")
                 return None
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
             if body:
+                server._sent(len(payload))  # before writing: the client may be faster
                 self.wfile.write(payload)
-                server._sent(len(payload))
             return None
 
     return Handler
