@@ -16,7 +16,7 @@ import tempfile
 import time
 
 from netcache.filesystem import NetCacheFileSystem
-from netcache.httpserver import RangeServer
+from netcache.httpserver import RangeServer, random_bytes
 from netcache.sizes import format_size
 
 CHUNK = 1 << 20
@@ -46,7 +46,7 @@ def second_process(url: str, cache_dir: str) -> None:
 
 
 def run(size_mib: int = 32, cache_dir: str | None = None) -> int:
-    data = random.Random(0).randbytes(size_mib << 20)
+    data = random_bytes(size_mib << 20)
     expected = hashlib.sha256(data).hexdigest()
     folder = cache_dir or tempfile.mkdtemp(prefix="netcache-demo-")
     with RangeServer({"data/big.bin": data}) as server:

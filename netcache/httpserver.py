@@ -11,6 +11,7 @@ import argparse
 import email.utils
 import hashlib
 import json
+import random
 import re
 import threading
 import time
@@ -19,6 +20,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+def random_bytes(n: int, seed: int = 0) -> bytes:
+    """``n`` reproducible pseudo-random bytes (``randbytes`` alone stops at 256 MiB)."""
+    rng = random.Random(seed)
+    chunk = 1 << 20
+    return b"".join(rng.randbytes(min(chunk, n - off)) for off in range(0, n, chunk))
 
 
 class _File:
@@ -210,12 +218,9 @@ def main() -> None:
     parser.add_argument("--size-mib", type=int, default=64, help="size of /big.bin")
     parser.add_argument("--small-files", type=int, default=0, help="count of /small/N.bin")
     args = parser.parse_args()
-    import random
-
-    rng = random.Random(0)
-    files = {"big.bin": rng.randbytes(args.size_mib << 20)}
+    files = {"big.bin": random_bytes(args.size_mib << 20)}
     for i in range(args.small_files):
-        files[f"small/{i}.bin"] = rng.randbytes(1 << 20)
+        files[f"small/{i}.bin"] = random_bytes(1 << 20, seed=i + 1)
     server = RangeServer(files, port=args.port, latency=args.latency_ms / 1000)
     print(server.url, flush=True)
     server._httpd.serve_forever()

@@ -193,3 +193,21 @@ def test_block_size_must_match_backend() -> None:
     with pytest.raises(ValueError, match=r"block_size=.* differs from the backend"):
         netcache.NetCacheFileSystem(target_protocol="memory", block_size=2 * BS,
                                     cache_dir=MappingBackend({}, BS, MiB))  # fmt: skip
+
+
+def test_pending_stores_are_drained_at_exit(server: RangeServer, cache_dir: str) -> None:
+    import subprocess
+    import sys
+
+    url = f"{server.url}/big.bin"
+    data = server._files["/big.bin"].data
+    code = f"""
+import netcache
+fs = netcache.NetCacheFileSystem(target_protocol="http", cache_dir={cache_dir!r}, block_size={BS})
+assert len(fs.cat_file({url!r})) == {len(data)}
+"""  # exits at once, without flush: the atexit hook stores what is pending
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    assert len(page_files(cache_dir)) == len(range(0, len(data), BS))
+    server.reset_counts()
+    fs = http_fs(cache_dir, check_interval=None)
+    assert fs.cat_file(url) == data and server.gets == 0
