@@ -14,6 +14,7 @@ from netcache.policies import (
     ReleasePolicy,
     WaitForStore,
 )
+from netcache.pressure import MemoryPressureMonitor, MemoryReading, default_monitor
 from netcache.stats import StatsSnapshot
 
 __version__ = "0.1.0"
@@ -28,6 +29,8 @@ __all__ = [
     "EvictionPolicy",
     "FileChangedError",
     "MappingBackend",
+    "MemoryPressureMonitor",
+    "MemoryReading",
     "NetCacheFile",
     "NetCacheFileSystem",
     "Outcome",
@@ -38,4 +41,5 @@ __all__ = [
     "StatsSnapshot",
     "WaitForStore",
     "close_all",
+    "default_monitor",
 ]

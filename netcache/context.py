@@ -23,6 +23,7 @@ from netcache.fetch import PageFetcher
 from netcache.pagecache import PageCache
 from netcache.policies.eviction import EvictionPolicy, make_eviction_policy
 from netcache.policies.release import ReleasePolicy, make_release_policy
+from netcache.pressure import MemoryPressureMonitor, default_monitor
 from netcache.sizes import parse_size
 from netcache.stats import Counters, StatsSnapshot
 from netcache.warnonce import WarnOnce
@@ -63,6 +64,7 @@ class CacheConfig:
     release_policy: ReleasePolicy | None
     writeback_workers: int
     check_interval: float | None
+    memory_monitor: MemoryPressureMonitor | None
 
     @classmethod
     def build(
@@ -75,6 +77,7 @@ class CacheConfig:
         release_policy: Any,
         writeback_workers: Any,
         check_interval: Any,
+        memory_monitor: Any = None,
     ) -> CacheConfig:
         if cache_dir is None:
             cache_dir = default_cache_dir()
@@ -128,6 +131,17 @@ class CacheConfig:
                 f"check_interval={check_interval!r} must be None (files never change) or a "
                 "number of seconds >= 0 (0: check on every open)"
             )
+        if memory_monitor is None:
+            monitor: MemoryPressureMonitor | None = default_monitor()
+        elif memory_monitor is False:
+            monitor = None
+        elif isinstance(memory_monitor, MemoryPressureMonitor):
+            monitor = memory_monitor
+        else:
+            raise TypeError(
+                f"memory_monitor={memory_monitor!r} must be None (the process-wide "
+                "monitor), False (none) or a MemoryPressureMonitor"
+            )
         return cls(
             resolved,
             bs,
@@ -137,6 +151,7 @@ class CacheConfig:
             release_policy,
             writeback_workers,
             None if check_interval is None else float(check_interval),
+            monitor,
         )
 
     def conflicts(self, other: CacheConfig) -> list[str]:
@@ -197,6 +212,8 @@ class CacheContext:
             self.backend,
             self.writeback,
         )
+        if config.memory_monitor is not None:
+            config.memory_monitor.register(self.page_cache)
         self.cookies = CookieJar(
             target_id,
             self.backend,
@@ -245,6 +262,8 @@ class CacheContext:
     def stats(self) -> StatsSnapshot:
         gauges = self.page_cache.gauges()
         gauges["stores.pend"] = self.writeback.pending_bytes if self.writeback else 0
+        if self.config.memory_monitor is not None:
+            gauges.update(self.config.memory_monitor.gauges())
         if self.backend is not None:
             usage = self.backend.usage()
             gauges.update(

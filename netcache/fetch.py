@@ -3,12 +3,14 @@ missing from the disk tier or the remote."""
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Sequence
 from typing import Any
 
 from fsspec import AbstractFileSystem
 
 from netcache.backends.base import Backend
+from netcache.buffers import page_buffer
 from netcache.cookie import FileCookie, strong_etag, version_token
 from netcache.errors import FileChangedError, ShortReadError
 from netcache.page import Page, PageKey, StoreState
@@ -151,7 +153,7 @@ class PageFetcher:
             return False
         if data is None:
             return False
-        page = Page(key, data)
+        page = Page(key, data if isinstance(data, mmap.mmap) else page_buffer(data))
         page.state = StoreState.STORED
         self._counters.add("retrievals.disk")
         self.page_cache.complete(page)
@@ -245,13 +247,16 @@ class PageFetcher:
         return blob[start:end]
 
     def _split(self, cookie: FileCookie, start: int, blob: bytes) -> list[Page]:
+        """Pages of ``blob`` (which starts at page ``start // block_size``), each copied
+        into its own buffer so that the network's buffer is not kept alive by any."""
         bs = self.block_size
         first = start // bs
-        if len(blob) <= bs:
-            return [Page(PageKey(cookie.file_id, cookie.version, first), blob)]
         view = memoryview(blob)
         return [
-            Page(PageKey(cookie.file_id, cookie.version, first + i), bytes(view[off : off + bs]))
+            Page(
+                PageKey(cookie.file_id, cookie.version, first + i),
+                page_buffer(view[off : off + bs]),
+            )
             for i, off in enumerate(range(0, len(blob), bs))
         ]
 

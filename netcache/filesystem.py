@@ -28,6 +28,7 @@ from netcache.errors import FileChangedError
 from netcache.identity import redact_url, target_identity
 from netcache.policies.eviction import EvictionPolicy
 from netcache.policies.release import PressureLevel, Reason, ReleasePolicy
+from netcache.pressure import MemoryPressureMonitor
 from netcache.stats import StatsSnapshot
 
 # Options fsspec itself may hand any filesystem; accepted and passed to the base class.
@@ -70,6 +71,9 @@ class NetCacheFileSystem(ChainedFileSystem):
     check_interval:
         Seconds between checks that a remote file is unchanged (default 60); 0 checks on
         every open and every ``cat``; None means remote files never change.
+    memory_monitor:
+        None: register with the process-wide :class:`~netcache.MemoryPressureMonitor`;
+        False: none; or a monitor of your own (its limit, thresholds, probe).
 
     All instances in a process naming the same ``cache_dir`` and target share one cache
     (fsspec makes an instance per thread); they must agree on every setting above, or the
@@ -93,6 +97,7 @@ class NetCacheFileSystem(ChainedFileSystem):
         release_policy: ReleasePolicy | None = None,
         writeback_workers: int = DEFAULT_WRITEBACK_WORKERS,
         check_interval: float | None = DEFAULT_CHECK_INTERVAL,
+        memory_monitor: MemoryPressureMonitor | bool | None = None,
         fo: str | None = None,
         **storage_options: Any,
     ) -> None:
@@ -114,6 +119,7 @@ class NetCacheFileSystem(ChainedFileSystem):
             release_policy,
             writeback_workers,
             check_interval,
+            memory_monitor,
         )
         self._target_id = target_identity(self.fs)
         self._pid = os.getpid()

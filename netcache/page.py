@@ -5,6 +5,8 @@ from __future__ import annotations
 import enum
 from typing import NamedTuple
 
+from netcache.buffers import PageBuffer
+
 
 class PageKey(NamedTuple):
     """Names a page: the file (``FileCookie.file_id``), its version, and the block index."""
@@ -31,17 +33,22 @@ class StoreState(enum.Enum):
 class Page:
     """One resident block of bytes.
 
-    ``data`` never changes after construction. ``state`` is written only by the
-    :class:`~netcache.writeback.WritebackQueue` under its lock; anyone may read it
-    without a lock to take a first look, as ``fscache_maybe_release_page`` does.
+    ``data`` never changes after construction; it is normally a
+    :func:`~netcache.buffers.page_buffer`, so dropping the page gives its memory back.
+    ``state`` is written only by the :class:`~netcache.writeback.WritebackQueue` under
+    its lock; anyone may read it without a lock to take a first look, as
+    ``fscache_maybe_release_page`` does.
     """
 
-    __slots__ = ("data", "key", "state")
+    __slots__ = ("atime", "data", "key", "state")
 
-    def __init__(self, key: PageKey, data: bytes | bytearray) -> None:
+    def __init__(self, key: PageKey, data: PageBuffer) -> None:
         self.key = key
         self.data = data
         self.state = StoreState.NONE
+        #: Last use (``time.monotonic``), kept by the page cache so that reclaim can
+        #: take the coldest pages first across several caches.
+        self.atime = 0.0
 
     @property
     def nbytes(self) -> int:

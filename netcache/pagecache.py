@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from netcache.policies.release import (
     ReleaseRequest,
     StoreControl,
 )
+from netcache.reclaim import reclaim_pages
 from netcache.stats import Counters
 
 
@@ -45,10 +47,11 @@ class PageCache:
     """Resident pages within a byte budget.
 
     ``lookup`` hands each missing page to exactly one caller (single flight): later
-    callers get that caller's future. Admission evicts, in the eviction policy's order,
-    pages with no store pending until the budget holds again; a page whose store is
-    queued or running is never evicted, so memory may exceed ``limit`` by the bytes the
-    bounded write-back queue holds. ``reclaim`` walks victims through the release policy.
+    callers get that caller's future. Every use stamps the page's ``atime``. Admission
+    evicts, in the eviction policy's order, pages with no store pending until the budget
+    holds again; a page whose store is queued or running is never evicted, so memory may
+    exceed ``limit`` by the bytes the bounded write-back queue holds. ``reclaim`` walks
+    victims through the release policy (see :func:`~netcache.reclaim.reclaim_pages`).
 
     Locking: one lock guards the pages, the eviction policy, the claims and the byte
     count. It is never held across I/O, a release policy's decision, a future's result
@@ -65,7 +68,7 @@ class PageCache:
     ) -> None:
         self.limit = limit
         self.eviction = eviction
-        self.release = release
+        self.release_policy = release
         self.stores: StoreControl = stores if stores is not None else _NoStores()
         self._counters = counters
         self._lock = threading.Lock()
@@ -74,18 +77,25 @@ class PageCache:
         self._inflight: dict[PageKey, tuple[Future[Page], int]] = {}
         self._generation: dict[str, int] = {}  # bumped by invalidation
         self._bytes = 0
-        #: False under critical memory pressure: fetched pages go to their readers only.
-        self.admitting = True
+        #: Set by the memory-pressure monitor. At ``CRITICAL`` nothing new is admitted
+        #: (fetched pages go to their readers only) and read-ahead stops.
+        self.pressure = PressureLevel.NONE
+
+    @property
+    def admitting(self) -> bool:
+        return self.pressure < PressureLevel.CRITICAL
 
     # -- reading -------------------------------------------------------------------------
 
     def lookup(self, keys: Iterable[PageKey]) -> Claim:
         claim = Claim()
+        now = time.monotonic()
         with self._lock:
             for key in keys:
                 page = self._pages.get(key)
                 if page is not None:
                     self.eviction.touch(key)
+                    page.atime = now
                     claim.hits[key] = page
                     continue
                 inflight = self._inflight.get(key)
@@ -141,6 +151,7 @@ class PageCache:
 
     def _insert(self, page: Page) -> None:
         key = page.key
+        page.atime = time.monotonic()
         old = self._pages.get(key)
         if old is not None:
             self._bytes -= old.nbytes
@@ -177,6 +188,35 @@ class PageCache:
 
     # -- reclaim and invalidation ----------------------------------------------------------
 
+    def victim_pages(self) -> list[tuple[PageCache, Page]]:
+        """Resident pages in eviction order (coldest first), as reclaim walks them."""
+        with self._lock:
+            return [(self, self._pages[key]) for key in self.eviction.victims()]
+
+    def release(
+        self,
+        page: Page,
+        reason: Reason,
+        level: PressureLevel,
+        attempt: int = 1,
+        may_block: bool = True,
+    ) -> Outcome | None:
+        """Ask the release policy about one resident page and drop it if released.
+
+        Returns the outcome (counted on the VmScan line), or None if the page had left
+        memory already. The policy runs without this cache's lock.
+        """
+        if self._pages.get(page.key) is not page:
+            return None
+        request = ReleaseRequest(reason, level, attempt, self.stores, may_block)
+        outcome = self.release_policy.maybe_release_page(page, request)
+        self._counters.add(f"vmscan.{outcome.value}")
+        if outcome.released:
+            with self._lock:
+                if self._pages.get(page.key) is page:
+                    self._remove(page.key)
+        return outcome
+
     def reclaim(
         self,
         nbytes: int,
@@ -184,35 +224,8 @@ class PageCache:
         level: PressureLevel = PressureLevel.MODERATE,
         may_block: bool = True,
     ) -> int:
-        """Release at least ``nbytes`` if possible, coldest first; return bytes freed.
-
-        Each victim goes through ``release.maybe_release_page`` and its outcome is
-        counted on the VmScan line. A second walk is made only if the first kept pages
-        (``kep``) and freed too little.
-        """
-        with self._lock:
-            victims = [self._pages[key] for key in self.eviction.victims()]
-        freed = 0
-        for attempt in (1, 2):
-            kept = False
-            for page in victims:
-                if freed >= nbytes:
-                    return freed
-                if self._pages.get(page.key) is not page:
-                    continue  # gone meanwhile (released, evicted, invalidated)
-                request = ReleaseRequest(reason, level, attempt, self.stores, may_block)
-                outcome = self.release.maybe_release_page(page, request)
-                self._counters.add(f"vmscan.{outcome.value}")
-                if outcome.released:
-                    with self._lock:
-                        if self._pages.get(page.key) is page:
-                            self._remove(page.key)
-                            freed += page.nbytes
-                elif outcome is Outcome.KEP:
-                    kept = True
-            if not kept:
-                break
-        return freed
+        """Release at least ``nbytes`` if possible, coldest first; return bytes freed."""
+        return reclaim_pages(self.victim_pages(), nbytes, reason, level, may_block)[0]
 
     def invalidate(self, file_id: str | None, keep_version: str | None = None) -> int:
         """Drop a file's pages (all, or all but one version's), or every page when

@@ -124,6 +124,28 @@ class DiskStats:
 
 
 @dataclass(frozen=True)
+class PressureStats:
+    """The memory-pressure monitor this cache is registered with (all its caches).
+
+    ``readings``: memory readings taken; ``mod``/``high``/``crit``: times each level was
+    entered; ``rbytes``/``rpages``: bytes and pages reclaimed under pressure;
+    ``last_us``/``max_us``: duration of the last and the longest reclaim walk;
+    ``level``: the current level (0 none, 1 moderate, 2 high, 3 critical).
+    """
+
+    label: ClassVar[str] = "Pressure"
+    readings: int = 0
+    mod: int = 0
+    high: int = 0
+    crit: int = 0
+    rbytes: int = 0
+    rpages: int = 0
+    last_us: int = 0
+    max_us: int = 0
+    level: int = 0
+
+
+@dataclass(frozen=True)
 class StatsSnapshot:
     """An immutable copy of every counter of one cache, taken at one moment."""
 
@@ -134,6 +156,7 @@ class StatsSnapshot:
     evict: EvictStats
     invalidations: InvalidationStats
     disk: DiskStats
+    pressure: PressureStats
 
     def groups(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

@@ -10,6 +10,7 @@ from typing import Any
 
 import cachetools
 
+from netcache.buffers import PageBuffer
 from netcache.errors import CorruptPageError
 from netcache.page import PageKey
 
@@ -77,10 +78,10 @@ class Backend(ABC):
     block_size: int
 
     @abstractmethod
-    def load_page(self, key: PageKey) -> bytes | bytearray | None: ...
+    def load_page(self, key: PageKey) -> PageBuffer | None: ...
 
     @abstractmethod
-    def store_page(self, key: PageKey, data: bytes | bytearray) -> None: ...
+    def store_page(self, key: PageKey, data: PageBuffer) -> None: ...
 
     @abstractmethod
     def discard_page(self, key: PageKey) -> None: ...
@@ -113,7 +114,7 @@ FORMAT_VERSION = 1
 HEADER_SIZE = _HEADER.size
 
 
-def page_header(key: PageKey, block_size: int, data: bytes | bytearray | memoryview) -> bytes:
+def page_header(key: PageKey, block_size: int, data: PageBuffer | memoryview) -> bytes:
     return _HEADER.pack(
         MAGIC,
         FORMAT_VERSION,
@@ -140,18 +141,18 @@ def check_header(header: bytes, key: PageKey, block_size: int) -> int:
         key.version,
     ):
         raise CorruptPageError(f"page {key.index}: header names another page")
-    if length > block_size:
+    if not 0 < length <= block_size:
         raise CorruptPageError(f"page {key.index}: length {length} > block size")
     return length
 
 
-def check_payload(header: bytes, key: PageKey, data: bytes | bytearray | memoryview) -> None:
+def check_payload(header: bytes, key: PageKey, data: PageBuffer | memoryview) -> None:
     expected = _HEADER.unpack(header)[5]
     if zlib.crc32(data) != expected:
         raise CorruptPageError(f"page {key.index}: checksum mismatch")
 
 
-def encode_page(key: PageKey, block_size: int, data: bytes | bytearray) -> bytes:
+def encode_page(key: PageKey, block_size: int, data: PageBuffer) -> bytes:
     return page_header(key, block_size, data) + bytes(data)
 
 

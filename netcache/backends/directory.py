@@ -22,6 +22,7 @@ from netcache.backends.base import (
     check_payload,
     page_header,
 )
+from netcache.buffers import PageBuffer, empty_page_buffer
 from netcache.errors import CorruptPageError
 from netcache.page import PageKey
 
@@ -68,7 +69,7 @@ class DirectoryBackend(Backend):
         rel = f"{key.file_id[:2]}/{key.file_id}/{key.version}{self._suffix}{key.index:x}.page"
         return rel, os.path.join(self.files, rel)
 
-    def load_page(self, key: PageKey) -> bytearray | None:
+    def load_page(self, key: PageKey) -> PageBuffer | None:
         rel, path = self._page_path(key)
         try:
             data = self._read_page_file(path, key)
@@ -88,7 +89,7 @@ class DirectoryBackend(Backend):
         self._unlink_culled(culled)
         return data
 
-    def _read_page_file(self, path: str, key: PageKey) -> bytearray:
+    def _read_page_file(self, path: str, key: PageKey) -> PageBuffer:
         try:
             f = open(path, "rb", buffering=0)  # noqa: SIM115 - closed below
         except IsADirectoryError as exc:
@@ -96,13 +97,13 @@ class DirectoryBackend(Backend):
         with f:
             header = f.read(HEADER_SIZE)
             length = check_header(header, key, self.block_size)
-            data = bytearray(length)
+            data = empty_page_buffer(length)
             if f.readinto(data) != length or f.read(1):
                 raise CorruptPageError(f"page {key.index}: file length does not match header")
         check_payload(header, key, data)
         return data
 
-    def store_page(self, key: PageKey, data: bytes | bytearray) -> None:
+    def store_page(self, key: PageKey, data: PageBuffer) -> None:
         rel, path = self._page_path(key)
         self._write_atomic(path, (page_header(key, self.block_size, data), data))
         with self._lock:
@@ -168,7 +169,7 @@ class DirectoryBackend(Backend):
 
     # -- helpers ---------------------------------------------------------------------------
 
-    def _write_atomic(self, path: str, chunks: tuple[bytes | bytearray, ...]) -> None:
+    def _write_atomic(self, path: str, chunks: tuple[PageBuffer, ...]) -> None:
         folder = os.path.dirname(path)
         _makedirs_private(folder)
         tmp = os.path.join(folder, f"{_TMP_PREFIX}{os.getpid()}.{secrets.token_hex(6)}")

@@ -16,6 +16,7 @@ from netcache.backends.base import (
     decode_page,
     encode_page,
 )
+from netcache.buffers import PageBuffer
 from netcache.page import PageKey
 
 
@@ -72,7 +73,7 @@ class MappingBackend(Backend):
             self.discard_page(key)
             raise
 
-    def store_page(self, key: PageKey, data: bytes | bytearray) -> None:
+    def store_page(self, key: PageKey, data: PageBuffer) -> None:
         name = self._name(key)
         blob = encode_page(key, self.block_size, data)
         with self._lock:

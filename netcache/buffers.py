@@ -1,0 +1,50 @@
+"""Page buffers that give their memory back to the operating system when dropped.
+
+A page's bytes live in their own private anonymous mmap: dropping the last reference
+unmaps it, so resident memory falls at once. Page-sized ``bytes`` would land on glibc's
+heap once its dynamic mmap threshold has risen past the page size, and freed heap memory
+mostly stays in the process. ``trim_heap`` returns what transient buffers (network
+reads) left on the heap, after a reclaim.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import mmap
+from collections.abc import Callable
+
+PageBuffer = bytes | bytearray | mmap.mmap
+
+
+def empty_page_buffer(nbytes: int) -> mmap.mmap:
+    """A zeroed, writable buffer of ``nbytes`` (> 0) for ``readinto``."""
+    return mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE)
+
+
+def page_buffer(data: bytes | bytearray | memoryview) -> mmap.mmap:
+    """A copy of ``data`` in its own mapping."""
+    buf = empty_page_buffer(len(data))
+    buf.write(data)
+    buf.seek(0)
+    return buf
+
+
+def _load_malloc_trim() -> Callable[[int], int] | None:
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        trim = libc.malloc_trim
+    except (OSError, AttributeError, TypeError):  # not glibc
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return trim
+
+
+_malloc_trim = _load_malloc_trim()
+
+
+def trim_heap() -> bool:
+    """Give free heap memory back to the OS (glibc ``malloc_trim``); False elsewhere."""
+    return bool(_malloc_trim(0)) if _malloc_trim is not None else False
