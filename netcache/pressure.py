@@ -101,8 +101,9 @@ class MemoryPressureMonitor:
 
     Caches are held weakly. Reclaim runs on the monitor's thread (or the caller of
     ``check``), never on a write-back worker, and never waits for a store unless the
-    caches' release policy does. Thread-safe: one lock serialises checks and guards the
-    counters.
+    caches' release policy does. Thread-safe: one lock serialises checks (the probe and
+    reclaim run under it, so only one check runs at a time); another, never held across
+    a call out, guards the level, the caches and the counters.
     """
 
     def __init__(
@@ -149,6 +150,7 @@ class MemoryPressureMonitor:
         if not callable(self.probe):
             raise TypeError(f"probe={probe!r} must be a callable returning a MemoryReading")
         self._caches: weakref.WeakSet[PageCache] = weakref.WeakSet()
+        self._check_lock = threading.Lock()
         self._lock = threading.Lock()
         self._level = PressureLevel.NONE
         self._entered_at = 0.0
@@ -223,18 +225,20 @@ class MemoryPressureMonitor:
 
     def check(self) -> PressureLevel:
         """Take one reading, set the level on every cache, and reclaim if needed."""
-        with self._lock:
+        with self._check_lock:
             reading = self.probe()
-            self._counts["readings"] += 1
-            level = self.grade(reading)
-            if level != self._level:
-                self._change_level(level, reading)
-            caches = list(self._caches)
-            for cache in caches:
-                cache.pressure = level
+            with self._lock:
+                self._counts["readings"] += 1
+                level = self.grade(reading)
+                if level != self._level:
+                    self._change_level(level, reading)
+                caches = list(self._caches)
+                for cache in caches:
+                    cache.pressure = level
             if level > PressureLevel.NONE:
-                need = max(reading.rss - int(self.target * self.limit),
-                           self.available_floor - reading.available, 0)  # fmt: skip
+                # back *under* target (and the floor), so at least one byte
+                need = max(reading.rss - int(self.target * self.limit) + 1,
+                           self.available_floor - reading.available + 1, 0)  # fmt: skip
                 self._reclaim(caches, need, level)
             return level
 
@@ -248,11 +252,12 @@ class MemoryPressureMonitor:
         if freed:
             trim_heap()  # what transient network buffers left on the heap
         elapsed = int((time.perf_counter() - started) * 1e6)
-        self._counts["rbytes"] += freed
-        self._counts["rpages"] += pages
-        self._counts["last_us"] = elapsed
-        self._counts["max_us"] = max(self._counts["max_us"], elapsed)
-        self._episode_bytes += freed
+        with self._lock:
+            self._counts["rbytes"] += freed
+            self._counts["rpages"] += pages
+            self._counts["last_us"] = elapsed
+            self._counts["max_us"] = max(self._counts["max_us"], elapsed)
+            self._episode_bytes += freed
 
     def _change_level(self, level: PressureLevel, reading: MemoryReading) -> None:
         old, self._level = self._level, level
@@ -280,6 +285,7 @@ class MemoryPressureMonitor:
             return out
 
     def reset_after_fork(self) -> None:
+        self._check_lock = threading.Lock()
         self._lock = threading.Lock()
         self._thread = None
         self._stop = threading.Event()
