@@ -77,13 +77,32 @@ class PageCache:
         self._inflight: dict[PageKey, tuple[Future[Page], int]] = {}
         self._generation: dict[str, int] = {}  # bumped by invalidation
         self._bytes = 0
-        #: Set by the memory-pressure monitor. At ``CRITICAL`` nothing new is admitted
-        #: (fetched pages go to their readers only) and read-ahead stops.
-        self.pressure = PressureLevel.NONE
+        # What admission evicts down to: ``limit``, or less while memory pressure holds
+        # the cache at the size reclaim left it (so readers cannot refill what was freed).
+        self._budget = limit
+        self._pressure = PressureLevel.NONE
+
+    @property
+    def pressure(self) -> PressureLevel:
+        """Set by the memory-pressure monitor. At ``CRITICAL`` nothing new is admitted
+        (fetched pages go to their readers only) and read-ahead stops; back at ``NONE``
+        the cache may grow to ``limit`` again."""
+        return self._pressure
+
+    @pressure.setter
+    def pressure(self, level: PressureLevel) -> None:
+        self._pressure = level
+        if level is PressureLevel.NONE:
+            self._budget = self.limit
 
     @property
     def admitting(self) -> bool:
-        return self.pressure < PressureLevel.CRITICAL
+        return self._pressure < PressureLevel.CRITICAL
+
+    def hold_size(self) -> None:
+        """Under pressure, after reclaim: admit new pages only by evicting old ones."""
+        with self._lock:
+            self._budget = min(self._budget, self._bytes)
 
     # -- reading -------------------------------------------------------------------------
 
@@ -173,7 +192,8 @@ class PageCache:
     def _evict_to_fit(self) -> tuple[int, int]:
         """Routine eviction: never touches a page whose store is pending."""
         count = nbytes = 0
-        if self._bytes <= self.limit:
+        budget = self._budget
+        if self._bytes <= budget:
             return count, nbytes
         for key in self.eviction.victims():
             page = self._pages[key]
@@ -182,7 +202,7 @@ class PageCache:
             self._remove(key)
             count += 1
             nbytes += page.nbytes
-            if self._bytes <= self.limit:
+            if self._bytes <= budget:
                 break
         return count, nbytes
 

@@ -96,8 +96,10 @@ class MemoryPressureMonitor:
     (default :func:`default_limit`): RSS at ``moderate``, ``high`` or ``critical`` of the
     limit, or system available memory under ``available_floor`` (``HIGH``; under half
     of it, ``CRITICAL``). While the level is above NONE it reclaims, coldest pages first
-    across all registered caches, until RSS is back under ``target`` of the limit; a
-    level is left only ``hysteresis`` below its threshold, so it does not flap.
+    across all registered caches, until RSS is back under ``target`` of the limit, and
+    holds each cache at the size reclaim left it (new pages evict old ones) until the
+    pressure is over; a level is left only ``hysteresis`` below its threshold, so it
+    does not flap.
 
     Caches are held weakly. Reclaim runs on the monitor's thread (or the caller of
     ``check``), never on a write-back worker, and never waits for a store unless the
@@ -249,6 +251,8 @@ class MemoryPressureMonitor:
         victims = list(heapq.merge(*(c.victim_pages() for c in caches),
                                    key=lambda victim: victim[1].atime))  # fmt: skip
         freed, pages = reclaim_pages(victims, nbytes, Reason.PRESSURE, level)
+        for cache in caches:
+            cache.hold_size()
         if freed:
             trim_heap()  # what transient network buffers left on the heap
         elapsed = int((time.perf_counter() - started) * 1e6)

@@ -103,6 +103,23 @@ def test_reclaims_down_to_target() -> None:
     assert fs.stats().pressure.level == 0
 
 
+def test_pressure_holds_the_cache_at_its_reclaimed_size() -> None:
+    probe = Probe(rss=3 * BS)
+    m = monitor(probe, limit=40 * BS)
+    fs = mem_fs(m, "hold", 40)
+    probe.fs.append(fs)
+    fs.cat_file("/pr/hold", 0, 30 * BS)
+    assert m.check() is L.MODERATE
+    held = fs.stats().pages.n
+    assert held == 24
+    fs.cat_file("/pr/hold", 30 * BS, 40 * BS)  # new pages evict old ones meanwhile
+    assert fs.stats().pages.n == held
+    probe.rss = -10 * BS  # pressure over: the cache may grow to memory_limit again
+    assert m.check() is L.NONE
+    fs.cat_file("/pr/hold", 0, 10 * BS)
+    assert fs.stats().pages.n == held + 10
+
+
 def test_coldest_first_across_caches() -> None:
     probe = Probe(rss=0)
     m = monitor(probe, limit=10 * BS)

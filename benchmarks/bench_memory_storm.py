@@ -1,0 +1,192 @@
+"""Memory storm: readers stream from a local HTTP server while ballast pushes the process's
+RSS across the pressure thresholds again and again; netcache (with its monitor) next to
+fsspec's blockcache (which has no pressure response), in the same run.
+
+Each run is a fresh process: a pressure-free pass measures throughput, then ballast of
+``--ballast-mib`` is allocated every 1.5 s (held 0.8 s). The limit is set just above the
+RSS after the calm pass. Reported: peak RSS over the limit, reclaim latency (first RSS
+sample over the moderate threshold to first sample under target, while the ballast is
+still held), throughput under pressure against without, VmScan counts, and hangs.
+
+    python benchmarks/bench_memory_storm.py            # 3 runs each
+    python benchmarks/bench_memory_storm.py --repeat 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Any
+
+MiB = 1 << 20
+
+
+def child(opts: argparse.Namespace) -> None:
+    import fsspec
+    import psutil
+
+    proc = psutil.Process()
+    url = f"{opts.url}/big.bin"
+    monitor = None
+    if opts.cache == "netcache":
+        import netcache
+
+        monitor = netcache.MemoryPressureMonitor(1 << 40, interval=0.05, autostart=False)
+        fs = netcache.NetCacheFileSystem(target_protocol="http", cache_dir=opts.folder,
+                                         memory_limit="2GiB", check_interval=None,
+                                         memory_monitor=monitor)  # fmt: skip
+    else:
+        fs = fsspec.filesystem("blockcache", target_protocol="http", cache_storage=opts.folder)
+    stop = threading.Event()
+    done = [0]
+
+    def reader(seed: int) -> None:
+        import random
+
+        rng = random.Random(seed)
+        with fs.open(url, "rb") as f:
+            size = fs.size(url)
+            while not stop.is_set():
+                f.seek(rng.randrange(0, size - MiB))
+                done[0] += len(f.read(MiB))
+
+    def run_readers(seconds: float, during: Any = None) -> tuple[float, int]:
+        stop.clear()
+        done[0] = 0
+        threads = [threading.Thread(target=reader, args=(i,)) for i in range(opts.readers)]
+        started = time.perf_counter()
+        for t in threads:
+            t.start()
+        if during is not None:
+            during(seconds)
+        else:
+            time.sleep(seconds)
+        stop.set()
+        hung = 0
+        for t in threads:
+            t.join(timeout=30)
+            hung += t.is_alive()
+        return done[0] / MiB / (time.perf_counter() - started), hung
+
+    # warm the cache (the file lands in memory / in blockcache's mmap), then a calm pass
+    with fs.open(url, "rb") as f:
+        while f.read(8 * MiB):
+            pass
+    calm, hung_calm = run_readers(opts.seconds)
+    limit = proc.memory_info().rss + opts.headroom_mib * MiB
+    moderate, target = 0.80 * limit, 0.70 * limit
+    if monitor is not None:
+        monitor.limit = limit
+        monitor.start()
+    samples: list[tuple[float, int, bool]] = []
+    holding = [False]
+
+    def sampler() -> None:
+        while not stop.is_set():
+            samples.append((time.perf_counter(), proc.memory_info().rss, holding[0]))
+            time.sleep(0.01)
+
+    def storm(seconds: float) -> None:
+        s = threading.Thread(target=sampler)
+        s.start()
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            ballast = b"\x01" * (opts.ballast_mib * MiB)
+            holding[0] = True
+            time.sleep(0.8)
+            holding[0] = False
+            del ballast
+            time.sleep(0.7)
+        stop.set()
+        s.join()
+
+    stormy, hung_storm = run_readers(opts.seconds, storm)
+    latencies: list[float] = []
+    over, settled = None, False  # one latency per ballast episode at most
+    for t, rss, held in samples:
+        if not held:
+            over, settled = None, False
+        elif rss >= moderate and over is None and not settled:
+            over = t
+        elif over is not None and rss < target:
+            latencies.append((t - over) * 1000)
+            over, settled = None, True
+    stats = fs.stats().as_dict() if opts.cache == "netcache" else {}
+    print(json.dumps({
+        "calm": calm, "storm": stormy, "hangs": hung_calm + hung_storm,
+        "peak_over_mib": max(0, max(r for _, r, _ in samples) - limit) / MiB,
+        "latencies": latencies, "episodes": sum(1 for i in range(1, len(samples))
+                                                if samples[i][2] and not samples[i - 1][2]),
+        "vmscan": {k.split(".")[1]: v for k, v in stats.items() if k.startswith("vmscan.")},
+        "rbytes_mib": stats.get("pressure.rbytes", 0) / MiB,
+    }))  # fmt: skip
+    if monitor is not None:
+        monitor.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--cache", default="netcache")
+    parser.add_argument("--url")
+    parser.add_argument("--folder")
+    parser.add_argument("--size-mib", type=int, default=192)
+    parser.add_argument("--seconds", type=float, default=6.0)
+    parser.add_argument("--readers", type=int, default=2)
+    parser.add_argument("--ballast-mib", type=int, default=96)
+    parser.add_argument("--headroom-mib", type=int, default=64)
+    parser.add_argument("--repeat", type=int, default=3)
+    opts = parser.parse_args()
+    if opts.child:
+        return child(opts)
+    server = subprocess.Popen([sys.executable, "-m", "netcache.httpserver", "--size-mib",
+                               str(opts.size_mib)], stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert server.stdout is not None
+        url = server.stdout.readline().strip()
+        runs: dict[str, list[dict[str, Any]]] = {"netcache": [], "blockcache": []}
+        for _ in range(opts.repeat):
+            for cache in runs:
+                with tempfile.TemporaryDirectory() as folder:
+                    cmd = [sys.executable, __file__, "--child", "--cache", cache, "--url", url,
+                           "--folder", folder, "--seconds", str(opts.seconds), "--readers",
+                           str(opts.readers), "--ballast-mib", str(opts.ballast_mib),
+                           "--headroom-mib", str(opts.headroom_mib)]  # fmt: skip
+                    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+                    runs[cache].append(json.loads(out.stdout))
+    finally:
+        server.terminate()
+    print(f"# memory storm: {opts.size_mib} MiB file, {opts.readers} readers, "
+          f"{opts.ballast_mib} MiB ballast, limit = calm RSS + {opts.headroom_mib} MiB, "
+          f"median of {opts.repeat} run(s)\n")  # fmt: skip
+    print("| cache | MiB/s calm | MiB/s storm | storm / calm | peak RSS over limit MiB | "
+          "reclaim ms p50 | reclaim ms max | episodes brought under target | hangs | "
+          "reclaimed MiB | VmScan |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for cache, rs in runs.items():
+
+        def med(key: str, rs: list[dict[str, Any]] = rs) -> float:
+            return statistics.median(r[key] for r in rs)
+
+        lat = [x for r in rs for x in r["latencies"]]
+        p50 = f"{statistics.median(lat):.0f}" if lat else "never"
+        mx = f"{max(lat):.0f}" if lat else "never"
+        under = f"{sum(len(r['latencies']) for r in rs)}/{sum(r['episodes'] for r in rs)}"
+        vm = rs[-1]["vmscan"]
+        vms = " ".join(f"{k}={v}" for k, v in vm.items()) if vm else "-"
+        hangs = sum(r["hangs"] for r in rs)
+        print(f"| {cache} | {med('calm'):,.0f} | {med('storm'):,.0f} | "
+              f"{med('storm') / med('calm'):.2f} | {med('peak_over_mib'):,.0f} | {p50} | "
+              f"{mx} | {under} | {hangs} | {med('rbytes_mib'):,.0f} | {vms} |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
