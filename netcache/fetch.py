@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import mmap
 from collections.abc import Sequence
+from concurrent.futures import Future
 from typing import Any
 
 from fsspec import AbstractFileSystem
@@ -120,25 +121,25 @@ class PageFetcher:
     def _fetch_claimed(
         self,
         target: AbstractFileSystem,
-        claimed: list[PageKey],
+        claimed: dict[PageKey, Future[Page]],
         wanted: dict[PageKey, FileCookie],
         verify: bool,
     ) -> dict[PageKey, Page]:
         """Fetch every claimed page; on any failure, fail the claims not yet met."""
         got: dict[PageKey, Page] = {}
         try:
-            missing = [key for key in claimed if not self._from_disk(key, got)]
+            missing = [key for key in claimed if not self._from_disk(key, claimed[key], got)]
             by_cookie: dict[FileCookie, list[int]] = {}
             for key in missing:
                 by_cookie.setdefault(wanted[key], []).append(key.index)
             for cookie, indices in by_cookie.items():
-                self._from_remote(target, cookie, sorted(indices), got, verify)
+                self._from_remote(target, cookie, sorted(indices), claimed, got, verify)
         except BaseException as exc:
-            self.page_cache.fail([k for k in claimed if k not in got], exc)
+            self.page_cache.fail({k: f for k, f in claimed.items() if k not in got}, exc)
             raise
         return got
 
-    def _from_disk(self, key: PageKey, got: dict[PageKey, Page]) -> bool:
+    def _from_disk(self, key: PageKey, future: Future[Page], got: dict[PageKey, Page]) -> bool:
         if self.backend is None:
             return False
         try:
@@ -156,7 +157,7 @@ class PageFetcher:
         page = Page(key, data if isinstance(data, mmap.mmap) else page_buffer(data))
         page.state = StoreState.STORED
         self._counters.add("retrievals.disk")
-        self.page_cache.complete(page)
+        self.page_cache.complete(page, future)
         got[key] = page
         return True
 
@@ -165,6 +166,7 @@ class PageFetcher:
         target: AbstractFileSystem,
         cookie: FileCookie,
         indices: list[int],
+        claimed: dict[PageKey, Future[Page]],
         got: dict[PageKey, Page],
         verify: bool,
     ) -> None:
@@ -184,7 +186,7 @@ class PageFetcher:
                 blob = self._whole_file_answer(cookie, start, end, blob)
             for page in self._split(cookie, start, blob):
                 self._counters.add("retrievals.remote")
-                if self.page_cache.complete(page):
+                if self.page_cache.complete(page, claimed[page.key]):
                     self._store(page)
                 got[page.key] = page
 

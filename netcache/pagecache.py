@@ -26,11 +26,11 @@ from netcache.stats import Counters
 class Claim:
     """The answer to a lookup: pages resident now, pages another reader is fetching (wait
     on the future), and pages this caller must now fetch and then ``complete`` or
-    ``fail`` (no one else will)."""
+    ``fail`` with the future it was given (no one else will)."""
 
     hits: dict[PageKey, Page] = field(default_factory=dict)
     waits: dict[PageKey, Future[Page]] = field(default_factory=dict)
-    claimed: list[PageKey] = field(default_factory=list)
+    claimed: dict[PageKey, Future[Page]] = field(default_factory=dict)
 
 
 class _NoStores:
@@ -74,8 +74,7 @@ class PageCache:
         self._lock = threading.Lock()
         self._pages: dict[PageKey, Page] = {}
         self._by_file: dict[str, set[PageKey]] = {}
-        self._inflight: dict[PageKey, tuple[Future[Page], int]] = {}
-        self._generation: dict[str, int] = {}  # bumped by invalidation
+        self._inflight: dict[PageKey, Future[Page]] = {}
         self._bytes = 0
         # What admission evicts down to: ``limit``, or less while memory pressure holds
         # the cache at the size reclaim left it (so readers cannot refill what was freed).
@@ -119,26 +118,28 @@ class PageCache:
                     continue
                 inflight = self._inflight.get(key)
                 if inflight is not None:
-                    claim.waits[key] = inflight[0]
+                    claim.waits[key] = inflight
                     continue
-                self._inflight[key] = (Future(), self._generation.get(key.file_id, 0))
-                claim.claimed.append(key)
+                claim.claimed[key] = self._inflight[key] = Future()
         if claim.hits or claim.waits:
             self._counters.add_many(
                 {"retrievals.mem": len(claim.hits), "retrievals.joined": len(claim.waits)}
             )
         return claim
 
-    def complete(self, page: Page) -> bool:
-        """Finish a claim with ``page``; return whether it was admitted into memory.
+    def complete(self, page: Page, future: Future[Page]) -> bool:
+        """Finish the claim ``future`` with ``page``; return whether it was admitted.
 
-        Not admitted when memory is under critical pressure or when the page's file was
-        invalidated while it was being fetched (its readers still get it).
+        Not admitted under critical memory pressure, nor when the page's file was
+        invalidated while it was being fetched (the claim's waiters still get it; readers
+        that came after the invalidation made a claim of their own).
         """
         key = page.key
         with self._lock:
-            future, generation = self._inflight.pop(key)
-            admit = self.admitting and generation == self._generation.get(key.file_id, 0)
+            current = self._inflight.get(key) is future
+            if current:
+                del self._inflight[key]
+            admit = current and self.admitting
             if admit:
                 self._insert(page)
                 evicted = self._evict_to_fit()
@@ -147,11 +148,13 @@ class PageCache:
         future.set_result(page)
         return admit
 
-    def fail(self, keys: Iterable[PageKey], exc: BaseException) -> None:
+    def fail(self, claims: dict[PageKey, Future[Page]], exc: BaseException) -> None:
         """Give up claims: their waiters get ``exc`` and nothing is cached."""
         with self._lock:
-            futures = [self._inflight.pop(key)[0] for key in keys if key in self._inflight]
-        for future in futures:
+            for key, future in claims.items():
+                if self._inflight.get(key) is future:
+                    del self._inflight[key]
+        for future in claims.values():
             future.set_exception(exc)
 
     def offer(self, page: Page) -> bool:
@@ -249,22 +252,24 @@ class PageCache:
 
     def invalidate(self, file_id: str | None, keep_version: str | None = None) -> int:
         """Drop a file's pages (all, or all but one version's), or every page when
-        ``file_id`` is None; claims in flight for it will not be admitted."""
+        ``file_id`` is None. Fetches in flight for them are disowned: they finish for the
+        readers already waiting, but are not admitted, and later readers fetch anew."""
+
+        def doomed(key: PageKey) -> bool:
+            return (file_id is None or key.file_id == file_id) and (
+                keep_version is None or key.version != keep_version
+            )
+
         with self._lock:
             if file_id is None:
-                doomed = list(self._pages)
-                for fid in {k.file_id for k in self._inflight}:
-                    self._generation[fid] = self._generation.get(fid, 0) + 1
+                resident = list(self._pages)
             else:
-                doomed = [
-                    k
-                    for k in self._by_file.get(file_id, ())
-                    if keep_version is None or k.version != keep_version
-                ]
-                self._generation[file_id] = self._generation.get(file_id, 0) + 1
-            for key in doomed:
+                resident = [k for k in self._by_file.get(file_id, ()) if doomed(k)]
+            for key in resident:
                 self._remove(key)
-        return len(doomed)
+            for key in [k for k in self._inflight if doomed(k)]:
+                del self._inflight[key]
+        return len(resident)
 
     def gauges(self) -> dict[str, int]:
         with self._lock:

@@ -48,10 +48,12 @@ class WritebackQueue:
         self._counters = counters
         self._warn = warn
         self._cond = threading.Condition(threading.Lock())
-        self._queue: OrderedDict[PageKey, Page] = OrderedDict()
+        # Keyed by the page itself, not its key: after an invalidation a page with the
+        # same key may be queued while the old one is still being stored.
+        self._queue: OrderedDict[Page, None] = OrderedDict()
         self._pending_bytes = 0
-        self._storing: dict[PageKey, Page] = {}
-        self._doomed: set[PageKey] = set()  # being stored, but their file was invalidated
+        self._storing: set[Page] = set()
+        self._doomed: set[Page] = set()  # being stored, but their file was invalidated
         self._threads: list[threading.Thread] = []
         self._closed = False
         self.before_lock_hook: Callable[[Page], None] | None = None
@@ -68,7 +70,7 @@ class WritebackQueue:
                 self._counters.add_many({"stores.n": 1, "stores.nbf": 1})
                 return False
             page.state = StoreState.PENDING
-            self._queue[page.key] = page
+            self._queue[page] = None
             self._pending_bytes += page.nbytes
             self._counters.add_many({"stores.n": 1, "stores.ok": 1})
             if len(self._threads) < self.workers:
@@ -123,11 +125,10 @@ class WritebackQueue:
             return (file_id is None or key.file_id == file_id) and key.version != keep_version
 
         with self._cond:
-            for key in [k for k in self._queue if doomed(k)]:
-                page = self._queue[key]
+            for page in [p for p in self._queue if doomed(p.key)]:
                 self._dequeue(page)
                 page.state = StoreState.NONE
-            self._doomed.update(k for k in self._storing if doomed(k))
+            self._doomed.update(p for p in self._storing if doomed(p.key))
             self._cond.notify_all()
 
     def flush(self, timeout: float | None = None) -> bool:
@@ -153,7 +154,7 @@ class WritebackQueue:
             self._cond.notify_all()
         drained = self.flush(drain_timeout)
         with self._cond:
-            for page in list(self._queue.values()):
+            for page in list(self._queue):
                 self._dequeue(page)
                 page.state = StoreState.NONE
             self._cond.notify_all()
@@ -163,7 +164,7 @@ class WritebackQueue:
         """In a forked child: fresh lock, no workers, and none of the parent's stores
         (the parent stores them; doing them here too would store them twice)."""
         self._cond = threading.Condition(threading.Lock())
-        for page in [*self._queue.values(), *self._storing.values()]:
+        for page in [*self._queue, *self._storing]:
             page.state = StoreState.NONE
         self._queue.clear()
         self._storing.clear()
@@ -175,7 +176,7 @@ class WritebackQueue:
 
     def _dequeue(self, page: Page) -> None:
         """Remove a queued page. Caller holds the lock."""
-        del self._queue[page.key]
+        del self._queue[page]
         self._pending_bytes -= page.nbytes
 
     def _work(self) -> None:
@@ -186,19 +187,19 @@ class WritebackQueue:
                     cond.wait()
                 if not self._queue:
                     return
-                key, page = self._queue.popitem(last=False)
+                page, _ = self._queue.popitem(last=False)
                 page.state = StoreState.STORING
-                self._storing[key] = page
+                self._storing.add(page)
             stored = self._store(page)
             with cond:
                 page.state = StoreState.STORED if stored else StoreState.NONE
                 self._pending_bytes -= page.nbytes
-                del self._storing[key]
-                doomed = key in self._doomed
-                self._doomed.discard(key)
+                self._storing.discard(page)
+                doomed = page in self._doomed
+                self._doomed.discard(page)
                 cond.notify_all()
             if doomed and stored:
-                self._discard(key)
+                self._discard(page.key)
 
     def _discard(self, key: PageKey) -> None:
         try:
@@ -208,6 +209,7 @@ class WritebackQueue:
             self._warn("discard", "netcache: removing an invalidated page failed: %r", exc)
 
     def _store(self, page: Page) -> bool:
+        """Store one page; never raises, so a worker never dies."""
         self._counters.add("stores.run")
         try:
             self.backend.store_page(page.key, page.data)

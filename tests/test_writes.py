@@ -74,3 +74,36 @@ def test_invalidate_and_clear(fs: netcache.NetCacheFileSystem, tmp_path) -> None
     fs.clear()
     usage = fs.disk_usage()
     assert usage is not None and usage.pages == 0 and fs.stats().pages.n == 0
+
+
+def test_invalidation_disowns_a_fetch_in_flight() -> None:
+    import threading
+
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    class SlowMemory(MemoryFileSystem):
+        gate = threading.Event()
+        entered = threading.Event()
+
+        def cat_file(self, path, start=None, end=None, **kwargs):  # type: ignore[no-untyped-def]
+            data = super().cat_file(path, start, end, **kwargs)
+            if not self.gate.is_set():
+                self.entered.set()
+                assert self.gate.wait(10)
+            return data
+
+    target = SlowMemory(skip_instance_cache=True)
+    target.pipe_file("/inflight/f", b"old" * BS)
+    fs = netcache.NetCacheFileSystem(fs=target, cache_dir=False, block_size=BS,
+                                     check_interval=None)  # fmt: skip
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fs.cat_file("/inflight/f", 0, 3)))
+    reader.start()
+    assert SlowMemory.entered.wait(10)  # the old bytes are on their way
+    target.pipe_file("/inflight/f", b"new" * BS)  # changed behind netcache's back
+    fs.invalidate("/inflight/f")
+    SlowMemory.gate.set()
+    assert fs.cat_file("/inflight/f", 0, 3) == b"new"  # a fresh claim, not the old fetch
+    reader.join(10)
+    assert got == [b"old"]  # the reader that asked before the invalidation
+    assert fs.cat_file("/inflight/f", 0, 3) == b"new"  # and the old page was not admitted
