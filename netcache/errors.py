@@ -16,3 +16,8 @@ class ShortReadError(OSError):
 
 class CorruptPageError(OSError):
     """A page in the disk tier failed its header or checksum check."""
+
+
+class ReadaheadFailed(OSError):
+    """A read-ahead fetch failed. Readers waiting for its pages fetch them themselves;
+    it never reaches a reader (netcache internal)."""

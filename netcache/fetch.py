@@ -4,8 +4,9 @@ missing from the disk tier or the remote."""
 from __future__ import annotations
 
 import mmap
+import threading
 from collections.abc import Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from fsspec import AbstractFileSystem
@@ -13,7 +14,7 @@ from fsspec import AbstractFileSystem
 from netcache.backends.base import Backend
 from netcache.buffers import page_buffer
 from netcache.cookie import FileCookie, strong_etag, version_token
-from netcache.errors import FileChangedError, ShortReadError
+from netcache.errors import FileChangedError, ReadaheadFailed, ShortReadError
 from netcache.page import Page, PageKey, StoreState
 from netcache.pagecache import PageCache
 from netcache.stats import Counters
@@ -21,6 +22,14 @@ from netcache.warnonce import WarnOnce
 from netcache.writeback import WritebackQueue
 
 Range = tuple[FileCookie, int, int]
+
+#: Threads that fetch ahead of sequential readers, and the bytes each request carries
+#: (larger requests go faster: over HTTP on loopback, 4 MiB requests from 8 threads
+#: reach about twice the rate of 1 MiB ones at 20 ms latency).
+READAHEAD_WORKERS = 8
+READAHEAD_CHUNK_BYTES = 4 << 20
+#: Read-ahead bytes in flight at once, per cache, at most.
+READAHEAD_MAX_INFLIGHT = 64 << 20
 
 
 class PageFetcher:
@@ -57,6 +66,9 @@ class PageFetcher:
         self.writeback = writeback
         self._counters = counters
         self._warn = warn
+        self._pool: ThreadPoolExecutor | None = None
+        self._ra_lock = threading.Lock()  # guards the pool's creation and the byte count
+        self._ra_bytes = 0
 
     # -- public ----------------------------------------------------------------------------
 
@@ -79,13 +91,71 @@ class PageFetcher:
             if start < end:
                 for index in range(start // bs, (end - 1) // bs + 1):
                     wanted[PageKey(cookie.file_id, cookie.version, index)] = cookie
+        for _ in range(3):
+            pages = self._gather(target, wanted, verify)
+            if pages is not None:
+                return [self._assemble(pages, c, start, end) for c, start, end in clipped]
+        # read-ahead kept failing under us: fetch without waiting for anyone
+        pages = self._gather(target, wanted, verify, wait=False)
+        assert pages is not None
+        return [self._assemble(pages, c, start, end) for c, start, end in clipped]
+
+    def _gather(self, target: AbstractFileSystem, wanted: dict[PageKey, FileCookie],
+                verify: bool, wait: bool = True) -> dict[PageKey, Page] | None:  # fmt: skip
+        """Every wanted page, or None if a read-ahead we waited for failed (try again)."""
         claim = self.page_cache.lookup(wanted)
         pages = claim.hits
+        if not wait and claim.waits:  # take over: fetch those pages ourselves too
+            own = {key: Future[Page]() for key in claim.waits}
+            pages.update(self._fetch_claimed(target, own, wanted, verify))  # not admitted
+            claim.waits = {}
         if claim.claimed:
             pages.update(self._fetch_claimed(target, claim.claimed, wanted, verify))
+        retry = False
         for key, future in claim.waits.items():
-            pages[key] = future.result()
-        return [self._assemble(pages, cookie, start, end) for cookie, start, end in clipped]
+            try:
+                pages[key] = future.result()
+            except ReadaheadFailed:
+                retry = True
+        return None if retry else pages
+
+    def readahead(self, target: AbstractFileSystem, cookie: FileCookie, pages: range,
+                  verify: bool) -> None:  # fmt: skip
+        """Start fetching ``pages`` of ``cookie`` in the background, in chunks fetched
+        concurrently; returns at once. Skipped under critical memory pressure and when
+        too much read-ahead is in flight already."""
+        if not self.page_cache.admitting:
+            return
+        keys = [PageKey(cookie.file_id, cookie.version, i) for i in pages]
+        nbytes = len(keys) * self.block_size
+        with self._ra_lock:
+            if self._ra_bytes + nbytes > READAHEAD_MAX_INFLIGHT:
+                return
+            self._ra_bytes += nbytes
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(READAHEAD_WORKERS, "netcache-readahead")
+            pool = self._pool
+        claimed = self.page_cache.claim_missing(keys)
+        items = list(claimed.items())
+        step = max(1, READAHEAD_CHUNK_BYTES // self.block_size)
+        for i in range(0, len(items), step):
+            chunk = dict(items[i : i + step])
+            pool.submit(self._readahead_chunk, target, cookie, chunk, verify)
+        self._release_ra(nbytes - len(items) * self.block_size)
+
+    def _readahead_chunk(self, target: AbstractFileSystem, cookie: FileCookie,
+                         claimed: dict[PageKey, Future[Page]], verify: bool) -> None:  # fmt: skip
+        try:
+            self._fetch_claimed(target, claimed, dict.fromkeys(claimed, cookie), verify,
+                                failure=ReadaheadFailed)  # fmt: skip
+        except Exception:  # the readers that need these pages fetch them themselves
+            pass
+        finally:
+            self._release_ra(len(claimed) * self.block_size)
+
+    def _release_ra(self, nbytes: int) -> None:
+        with self._ra_lock:
+            self._ra_bytes -= nbytes
 
     def load_whole(self, target: AbstractFileSystem, cookie: FileCookie) -> FileCookie:
         """Read a file whose size the remote does not report, once, into pages."""
@@ -124,8 +194,11 @@ class PageFetcher:
         claimed: dict[PageKey, Future[Page]],
         wanted: dict[PageKey, FileCookie],
         verify: bool,
+        failure: type[OSError] | None = None,
     ) -> dict[PageKey, Page]:
-        """Fetch every claimed page; on any failure, fail the claims not yet met."""
+        """Fetch every claimed page; on any failure, fail the claims not yet met (with
+        the error itself, or wrapped in ``failure``) and raise. Claims that are not the
+        page cache's current ones (private, or disowned) are met without admitting."""
         got: dict[PageKey, Page] = {}
         try:
             missing = [key for key in claimed if not self._from_disk(key, claimed[key], got)]
@@ -135,7 +208,11 @@ class PageFetcher:
             for cookie, indices in by_cookie.items():
                 self._from_remote(target, cookie, sorted(indices), claimed, got, verify)
         except BaseException as exc:
-            self.page_cache.fail({k: f for k, f in claimed.items() if k not in got}, exc)
+            shared = exc
+            if failure is not None:
+                shared = failure(f"read-ahead failed: {exc!r}")
+                shared.__cause__ = exc
+            self.page_cache.fail({k: f for k, f in claimed.items() if k not in got}, shared)
             raise
         return got
 

@@ -25,11 +25,16 @@ from netcache.context import (
 )
 from netcache.cookie import FileCookie
 from netcache.errors import FileChangedError
+from netcache.fetch import READAHEAD_CHUNK_BYTES
 from netcache.identity import redact_url, target_identity
 from netcache.policies.eviction import EvictionPolicy
 from netcache.policies.release import PressureLevel, Reason, ReleasePolicy
 from netcache.pressure import MemoryPressureMonitor
+from netcache.readahead import Readahead
+from netcache.sizes import parse_size
 from netcache.stats import StatsSnapshot
+
+DEFAULT_READAHEAD = 32 << 20
 
 # Options fsspec itself may hand any filesystem; accepted and passed to the base class.
 _FSSPEC_OPTIONS = frozenset(
@@ -71,6 +76,10 @@ class NetCacheFileSystem(ChainedFileSystem):
     check_interval:
         Seconds between checks that a remote file is unchanged (default 60); 0 checks on
         every open and every ``cat``; None means remote files never change.
+    readahead:
+        Largest window fetched ahead of a sequential reader (default 32 MiB, in
+        concurrent requests of up to 4 MiB); False or 0 turns read-ahead off. Random access
+        never reads ahead. Read-ahead calls the target from a pool of threads.
     memory_monitor:
         None: register with the process-wide :class:`~netcache.MemoryPressureMonitor`;
         False: none; or a monitor of your own (its limit, thresholds, probe).
@@ -98,6 +107,7 @@ class NetCacheFileSystem(ChainedFileSystem):
         writeback_workers: int = DEFAULT_WRITEBACK_WORKERS,
         check_interval: float | None = DEFAULT_CHECK_INTERVAL,
         memory_monitor: MemoryPressureMonitor | bool | None = None,
+        readahead: int | str | bool = DEFAULT_READAHEAD,
         fo: str | None = None,
         **storage_options: Any,
     ) -> None:
@@ -121,6 +131,13 @@ class NetCacheFileSystem(ChainedFileSystem):
             check_interval,
             memory_monitor,
         )
+        if readahead is True:
+            readahead = DEFAULT_READAHEAD
+        #: Largest read-ahead window of a sequentially read file, in bytes (0: off).
+        self.readahead = 0 if readahead is False else parse_size(readahead, "readahead")
+        if 0 < self.readahead < self.config.block_size:
+            raise ValueError(f"readahead={readahead!r} must be False, 0, or at least one page "
+                             f"(block_size={self.config.block_size})")  # fmt: skip
         self._target_id = target_identity(self.fs)
         self._pid = os.getpid()
         self._context = registry.acquire(self.config, self._target_id)
@@ -174,6 +191,10 @@ class NetCacheFileSystem(ChainedFileSystem):
         tpath = self._target_path(path)
         self.invalidate(tpath)
         return WriteThroughFile(self.fs.open(tpath, mode, **kwargs), lambda: self.invalidate(tpath))
+
+    def read_ahead(self, cookie: FileCookie, pages: range) -> None:
+        """Start fetching ``pages`` of one pinned file in the background."""
+        self.context.fetcher.readahead(self.fs, cookie, pages, self._verify)
 
     def read_pages(self, cookie: FileCookie, start: int, end: int) -> bytes:
         """Bytes ``[start, end)`` of one pinned version of a file."""
@@ -423,6 +444,9 @@ class NetCacheFile(AbstractBufferedFile):
 
     def __init__(self, fs: NetCacheFileSystem, path: str, cookie: FileCookie) -> None:
         self.cookie = cookie
+        assert cookie.size is not None
+        self._readahead = Readahead(fs.config.block_size, fs.readahead, cookie.size,
+                                    READAHEAD_CHUNK_BYTES)  # fmt: skip
         super().__init__(
             fs,
             path,
@@ -433,6 +457,9 @@ class NetCacheFile(AbstractBufferedFile):
         )
 
     def _fetch_range(self, start: int, end: int) -> bytes:
+        ahead = self._readahead.advise(start, end)
+        if ahead is not None:  # started first, so it overlaps with this read's own fetch
+            self.fs.read_ahead(self.cookie, ahead)
         return self.fs.read_pages(self.cookie, start, end)
 
     def __repr__(self) -> str:

@@ -127,6 +127,16 @@ class PageCache:
             )
         return claim
 
+    def claim_missing(self, keys: Iterable[PageKey]) -> dict[PageKey, Future[Page]]:
+        """Claim the keys neither resident nor being fetched (for read-ahead: nothing is
+        touched or counted as a read)."""
+        claimed: dict[PageKey, Future[Page]] = {}
+        with self._lock:
+            for key in keys:
+                if key not in self._pages and key not in self._inflight:
+                    claimed[key] = self._inflight[key] = Future()
+        return claimed
+
     def complete(self, page: Page, future: Future[Page]) -> bool:
         """Finish the claim ``future`` with ``page``; return whether it was admitted.
 

@@ -160,18 +160,6 @@ class WritebackQueue:
             self._cond.notify_all()
         return drained
 
-    def reset_after_fork(self) -> None:
-        """In a forked child: fresh lock, no workers, and none of the parent's stores
-        (the parent stores them; doing them here too would store them twice)."""
-        self._cond = threading.Condition(threading.Lock())
-        for page in [*self._queue, *self._storing]:
-            page.state = StoreState.NONE
-        self._queue.clear()
-        self._storing.clear()
-        self._doomed.clear()
-        self._pending_bytes = 0
-        self._threads = []
-
     # -- workers -------------------------------------------------------------------------
 
     def _dequeue(self, page: Page) -> None:

@@ -94,7 +94,7 @@ def test_cat_ranges_cat_read_block_get_file(server: RangeServer, cache_dir: str,
 
 
 def test_eight_threads_single_flight(server: RangeServer, cache_dir: str) -> None:
-    fs = http_fs(cache_dir)
+    fs = http_fs(cache_dir, readahead=False)  # count only what the readers ask for
     url = f"{server.url}/big.bin"
     data = server._files["/big.bin"].data
     fs.info(url)
@@ -194,7 +194,7 @@ def test_remote_change_seen_after_check_interval(server: RangeServer, cache_dir:
 
 
 def test_open_file_keeps_its_version(server: RangeServer, cache_dir: str) -> None:
-    fs = http_fs(cache_dir, check_interval=0)
+    fs = http_fs(cache_dir, check_interval=0, readahead=False)
     url = f"{server.url}/big.bin"
     old = server._files["/big.bin"].data
     with fs.open(url) as f:
@@ -213,7 +213,7 @@ def test_remote_without_size_or_ranges(cache_dir: str) -> None:
     with RangeServer({"f": data}) as srv:
         url = f"{srv.url}/f"
         srv.hide_size = True
-        fs = http_fs(cache_dir)
+        fs = http_fs(cache_dir, readahead=False)
         with fs.open(url) as f:
             assert f.size == len(data)
             f.seek(BS)
@@ -226,7 +226,7 @@ def test_remote_without_size_or_ranges(cache_dir: str) -> None:
         srv.hide_size = False
         srv.reset_counts()
         srv.ignore_ranges = True
-        fs2 = http_fs(cache_dir + "2")
+        fs2 = http_fs(cache_dir + "2", readahead=False)
         assert fs2.cat_file(url, BS, BS + 10) == data[BS : BS + 10]
         assert fs2.cat_file(url, 3 * BS, 3 * BS + 5) == data[3 * BS :]
         assert fs2.cat_file(url) == data
@@ -325,3 +325,17 @@ def test_warm_reads_touch_nothing(server: RangeServer, cache_dir: str) -> None:
     assert server.gets == 0 and server.heads == 0
     assert wait_for(lambda: fs.stats().stores.pgs == fs.stats().pages.n)
     assert len(data) > MiB
+
+
+def test_open_file_keeps_its_version_with_readahead(server: RangeServer, cache_dir: str) -> None:
+    fs = http_fs(cache_dir, check_interval=0)
+    url = f"{server.url}/big.bin"
+    old = server._files["/big.bin"].data
+    with fs.open(url) as f:
+        assert f.read(BS) == old[:BS]  # read-ahead of the following pages starts here
+        server.put("big.bin", payload(len(old), 51))
+        for i in range(1, 12):
+            try:
+                assert f.read(BS) == old[i * BS : (i + 1) * BS]  # old bytes or nothing
+            except netcache.FileChangedError:
+                f.seek((i + 1) * BS)

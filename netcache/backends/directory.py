@@ -37,7 +37,7 @@ class DirectoryBackend(Backend):
     Layout under ``cache_dir/netcache-v1/files``: one folder per remote file, named by
     the hash in its ``file_id`` (never by its path), holding ``meta.json`` and one
     ``<version>.<block size>.<index>.page`` file per page. A page file starts with a
-    header (format version, length, the page it holds, CRC32) that is checked on every
+    header (format version, length, the page it holds, CRC32C) that is checked on every
     read, so a torn, truncated, flipped or misplaced file is a miss, never wrong bytes.
     Folders are created ``0o700`` and files ``0o600``.
 

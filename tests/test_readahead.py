@@ -1,0 +1,138 @@
+"""Read-ahead: only for sequential readers, bounded, never past EOF, never a failure
+that reaches a reader who does not need the page, off under critical pressure."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from conftest import BS, payload, wait_for
+from fsspec.implementations.memory import MemoryFileSystem
+
+import netcache
+from netcache import MemoryPressureMonitor, MemoryReading
+from netcache.policies import PressureLevel
+from netcache.readahead import Readahead
+
+
+def test_window_grows_while_sequential_and_resets_on_seek() -> None:
+    ra = Readahead(block_size=100, max_bytes=1600, size=10_000)
+    assert ra.advise(0, 100) == range(1, 5)  # 4 pages ahead of page 0
+    assert ra.advise(100, 200) == range(5, 10)  # window 8: up to page 9
+    assert ra.advise(200, 300) == range(10, 19)  # window 16 (the cap)
+    assert ra.advise(300, 400) == range(19, 20)
+    assert ra.advise(5000, 5100) is None  # a seek: random access reads nothing ahead
+    assert ra.advise(5100, 5200) == range(52, 56)
+    assert ra.advise(9900, 10_000) is None
+
+
+def test_steady_state_asks_in_batches() -> None:
+    ra = Readahead(block_size=100, max_bytes=3200, size=100_000, batch_bytes=800)
+    got = [ra.advise(i * 100, (i + 1) * 100) for i in range(12)]
+    asked = [r for r in got if r is not None]
+    assert asked[0] == range(1, 5)  # ramp-up starts at once
+    assert all(len(r) >= 8 for r in asked[3:])  # then 8 pages (800 bytes) at a time
+    assert [p for r in asked for p in r] == list(range(1, asked[-1][-1] + 1))  # no gaps
+
+
+def test_never_past_eof_and_off_switch() -> None:
+    ra = Readahead(block_size=100, max_bytes=1 << 20, size=450)
+    assert ra.advise(0, 100) == range(1, 5)  # page 4 is the last
+    assert ra.advise(100, 450) is None
+    assert Readahead(block_size=100, max_bytes=0, size=10_000).advise(0, 100) is None
+
+
+class Memory(MemoryFileSystem):
+    """A memory target that counts data requests and can fail those from read-ahead."""
+
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        self.lock = threading.Lock()
+        self.requested: list[tuple[int, int]] = []
+        self.fail_readahead = False
+
+    def cat_file(self, path, start=None, end=None, **kwargs):  # type: ignore[no-untyped-def]
+        ahead = threading.current_thread().name.startswith("netcache-readahead")
+        if ahead and self.fail_readahead:
+            raise ConnectionResetError("read-ahead made to fail")
+        with self.lock:
+            self.requested.append((start, end))
+        return super().cat_file(path, start, end, **kwargs)
+
+
+def make(npages: int, **kwargs: object) -> tuple[netcache.NetCacheFileSystem, Memory, bytes]:
+    target = Memory(skip_instance_cache=True)
+    data = payload(npages * BS - 100, npages)
+    target.pipe_file("/ra/f", data)
+    kwargs.setdefault("cache_dir", False)
+    fs = netcache.NetCacheFileSystem(fs=target, block_size=BS, check_interval=None,
+                                     skip_instance_cache=True, **kwargs)  # fmt: skip
+    return fs, target, data
+
+
+def remote_pages(fs: netcache.NetCacheFileSystem) -> int:
+    return fs.stats().retrievals.remote
+
+
+def test_sequential_reader_is_read_ahead_of_and_bounded() -> None:
+    fs, target, data = make(64, readahead=8 * BS)
+    with fs.open("/ra/f") as f:
+        assert f.read(BS) == data[:BS]
+        assert f.read(BS) == data[BS : 2 * BS]
+        assert wait_for(lambda: remote_pages(fs) >= 9)
+        # the reader has used 2 pages; at most 2 + the 8-page window were fetched
+        assert remote_pages(fs) <= 2 + 8
+        out = f.read()
+    assert out == data[2 * BS :]
+    assert remote_pages(fs) == 64  # every page once, none past EOF
+    assert all(end <= len(data) for _, end in target.requested)
+
+
+def test_random_reader_is_not_read_ahead_of() -> None:
+    fs, _, data = make(64)
+    with fs.open("/ra/f") as f:
+        for page in (40, 7, 22, 3, 55):
+            f.seek(page * BS + 10)
+            assert f.read(100) == data[page * BS + 10 : page * BS + 110]
+    assert remote_pages(fs) == 5
+
+
+def test_readahead_off() -> None:
+    fs, _, data = make(16, readahead=False)
+    with fs.open("/ra/f") as f:
+        assert f.read(2 * BS) == data[: 2 * BS]
+    assert remote_pages(fs) == 2
+
+
+def test_failed_readahead_never_reaches_the_reader() -> None:
+    fs, target, data = make(32)
+    target.fail_readahead = True
+    with fs.open("/ra/f") as f:
+        for i in range(32):
+            assert f.read(BS) == data[i * BS : (i + 1) * BS]  # own fetches succeed
+    assert fs.stats().retrievals.err >= 1  # read-ahead did fail, quietly
+    target.fail_readahead = False
+    assert fs.cat_file("/ra/f") == data  # nothing poisoned
+
+
+def test_critical_pressure_stops_readahead_and_it_resumes() -> None:
+    reading = [MemoryReading(97, 1 << 40)]
+    monitor = MemoryPressureMonitor(100, probe=lambda: reading[0], autostart=False,
+                                    available_floor=0)  # fmt: skip
+    fs, _, data = make(64, memory_monitor=monitor)
+    assert monitor.check() is PressureLevel.CRITICAL
+    with fs.open("/ra/f") as f:
+        for i in range(4):
+            assert f.read(BS) == data[i * BS : (i + 1) * BS]
+    assert remote_pages(fs) == 4 and fs.stats().pages.n == 0
+    reading[0] = MemoryReading(0, 1 << 40)
+    assert monitor.check() is PressureLevel.NONE
+    with fs.open("/ra/f") as f:
+        assert f.read(BS) == data[:BS]
+        assert wait_for(lambda: remote_pages(fs) > 4 + 1)
+
+
+@pytest.mark.parametrize("readahead", ["1KiB", -1])
+def test_bad_readahead_argument(readahead: object) -> None:
+    with pytest.raises((ValueError, TypeError), match="readahead"):
+        make(1, readahead=readahead)
