@@ -170,7 +170,14 @@ class CacheConfig:
 
 
 def _policy_name(policy: Any) -> str:
-    return policy if isinstance(policy, str) or policy is None else type(policy).__qualname__
+    """Policies compare by class and settings (an eviction policy's state is not a
+    setting, so it compares by class alone)."""
+    if isinstance(policy, str) or policy is None:
+        return str(policy)
+    if isinstance(policy, EvictionPolicy):
+        return type(policy).__qualname__
+    settings = ", ".join(f"{k}={v!r}" for k, v in sorted(vars(policy).items()))
+    return f"{type(policy).__qualname__}({settings})"
 
 
 class CacheContext:

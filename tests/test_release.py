@@ -119,19 +119,20 @@ def test_graded_never_cancels_without_pressure() -> None:
 
 def test_wait_for_store_with_timeout_counts_wt() -> None:
     backend = GatedBackend()
-    fs = make_fs(backend, release_policy=WaitForStore(timeout=0.05))
+    fs = make_fs(backend, release_policy=WaitForStore(timeout=0.3))
     fs.cat_file("/rel/p.bin", 0, 2 * BS)
     assert backend.storing.wait(10)
     assert fs.reclaim(2 * BS) == BS  # page 1 cancelled; page 0 waited for, still storing
     assert vmscan(fs) == {"nos": 0, "gon": 0, "bsy": 1, "can": 1, "wt": 1, "kep": 0}
-    fs2 = make_fs(backend, release_policy=WaitForStore(timeout=10))
-    assert fs2.context is fs.context
     writeback = fs.context.writeback
     assert writeback is not None
     # the store finishes only after reclaim's first look, while it waits
     writeback.before_lock_hook = lambda page: threading.Timer(0.05, backend.gate.set).start()
     assert fs.reclaim(BS) == BS  # waited, and the store finished in time
     assert vmscan(fs) == {"nos": 0, "gon": 1, "bsy": 1, "can": 1, "wt": 2, "kep": 0}
+    # instances sharing the cache must agree on the policy, its settings included
+    with pytest.raises(ValueError, match="release_policy="):
+        make_fs(backend, release_policy=WaitForStore(timeout=10))
 
 
 def test_routine_eviction_never_cancels_a_store() -> None:
