@@ -41,11 +41,16 @@ class DirectoryBackend(Backend):
     read, so a torn, truncated, flipped or misplaced file is a miss, never wrong bytes.
     Folders are created ``0o700`` and files ``0o600``.
 
-    Sharing: readers and writers in several processes may use one folder. Writers never
-    expose a partial file (rename is atomic on POSIX), so a reader sees either no page
-    or a whole one; no file locks are taken. Each process keeps its own LRU index of the
-    files it has seen (rescanned at start), so ``disk_limit`` is enforced per process;
-    the folder may exceed it by what other processes add until they cull.
+    Sharing: readers and writers in several processes may use one folder, lock-free.
+    Writers never expose a partial file (the rename is atomic on POSIX), so a reader sees
+    either no page or a whole one; a reader that has a page open keeps reading it even if
+    another process culls it (unlink), and a page culled just before it is opened is a
+    miss. Recency is shared through the files' mtimes (set on write and on every disk
+    hit). Each process keeps an LRU index of the folder, rebuilt from it at start and
+    again after every ``max(8, pages/8)`` stores, and culls the least recently used
+    pages of the whole folder, whoever wrote them. Slack: between two rebuilds, each
+    other process may add that many pages unseen, plus one ``meta.json`` per file and
+    the temporary files of writes in progress.
 
     Thread-safety: one lock guards the index and counters; file I/O runs outside it.
     Page files are not fsynced: a process crash cannot tear them (the kernel holds the
@@ -61,6 +66,8 @@ class DirectoryBackend(Backend):
         self._lock = threading.Lock()
         self._index = PageIndex(limit)
         self._suffix = f".{block_size:x}."
+        self._stores_since_rescan = 0
+        self._rescan_lock = threading.Lock()
         self._rescan()
 
     # -- pages ---------------------------------------------------------------------------
@@ -80,6 +87,8 @@ class DirectoryBackend(Backend):
             self._forget(rel)
             _remove_any(path)
             raise
+        with contextlib.suppress(OSError):
+            os.utime(path)  # recency that other processes' culling can see
         with self._lock:
             if rel in self._index:
                 self._index[rel]
@@ -109,7 +118,14 @@ class DirectoryBackend(Backend):
         with self._lock:
             self._index[rel] = HEADER_SIZE + len(data)
             culled = self._take_culled()
+            self._stores_since_rescan += 1
+            due = self._stores_since_rescan >= max(8, len(self._index) // 8)
         self._unlink_culled(culled)
+        if due and self._rescan_lock.acquire(blocking=False):
+            try:  # see what other processes stored, and cull the folder as a whole
+                self._rescan()
+            finally:
+                self._rescan_lock.release()
 
     def discard_page(self, key: PageKey) -> None:
         rel, path = self._page_path(key)
@@ -197,7 +213,8 @@ class DirectoryBackend(Backend):
             _remove_any(os.path.join(self.files, rel))
 
     def _rescan(self) -> None:
-        """Rebuild the index from the folder and remove temporaries of dead writers."""
+        """Rebuild the index from the folder (least recently used first, by mtime), cull
+        it to the limit, and remove temporaries of dead writers."""
         found: list[tuple[float, str, int]] = []
         now = time.time()
         for folder, _, names in os.walk(self.files):
@@ -214,6 +231,8 @@ class DirectoryBackend(Backend):
                     found.append((st.st_mtime, os.path.relpath(path, self.files), st.st_size))
         found.sort()
         with self._lock:
+            self._stores_since_rescan = 0
+            self._index.forget_all()
             for _, rel, size in found:
                 if size <= self.limit:
                     self._index[rel] = size
