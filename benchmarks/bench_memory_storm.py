@@ -121,8 +121,9 @@ def child(opts: argparse.Namespace) -> None:
     print(json.dumps({
         "calm": calm, "storm": stormy, "hangs": hung_calm + hung_storm,
         "peak_over_mib": max(0, max(r for _, r, _ in samples) - limit) / MiB,
-        "latencies": latencies, "episodes": sum(1 for i in range(1, len(samples))
-                                                if samples[i][2] and not samples[i - 1][2]),
+        "latencies": latencies,
+        "episodes": sum(1 for i, (_, _, held) in enumerate(samples)
+                        if held and (i == 0 or not samples[i - 1][2])),
         "vmscan": {k.split(".")[1]: v for k, v in stats.items() if k.startswith("vmscan.")},
         "rbytes_mib": stats.get("pressure.rbytes", 0) / MiB,
     }))  # fmt: skip
