@@ -1,28 +1,30 @@
-"""Log each kind of trouble once per cache, as a warning, and count it always."""
+"""Log each kind of trouble once, as a warning; the stats count every occurrence."""
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 
 logger = logging.getLogger("netcache")
 
+#: A kind of trouble that comes back after this long is logged again.
+QUIET_SECONDS = 600.0
+
 
 class WarnOnce:
-    """Remembers which kinds of trouble were already logged. Thread-safe (one lock)."""
+    """Logs a kind of trouble at most once per ``QUIET_SECONDS``, so a disk that fails
+    on and off cannot flood the log. Thread-safe (one lock)."""
 
     def __init__(self) -> None:
-        self._seen: set[str] = set()
+        self._last: dict[str, float] = {}
         self._lock = threading.Lock()
 
     def __call__(self, kind: str, message: str, *args: object) -> None:
+        now = time.monotonic()
         with self._lock:
-            if kind in self._seen:
+            last = self._last.get(kind)
+            if last is not None and now - last < QUIET_SECONDS:
                 return
-            self._seen.add(kind)
+            self._last[kind] = now
         logger.warning(message + " (further such problems are counted, not logged)", *args)
-
-    def reset(self, kind: str) -> None:
-        """Allow ``kind`` to be logged again (the trouble went away and came back)."""
-        with self._lock:
-            self._seen.discard(kind)

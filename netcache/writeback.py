@@ -209,5 +209,4 @@ class WritebackQueue:
             self._warn("store", "netcache: storing a page in the disk tier failed: %r", exc)
             return False
         self._counters.add("stores.pgs")
-        self._warn.reset("store")
         return True
