@@ -13,6 +13,7 @@ import hashlib
 import json
 import random
 import re
+import socket
 import threading
 import time
 from collections import Counter
@@ -40,7 +41,8 @@ class RangeServer:
     """Serves ``files`` (path -> bytes) at ``url``; thread-safe.
 
     Counters (``gets``, ``heads``, ``bytes_sent``, ``requests_by_path``) say what clients
-    asked. Faults: ``fail_next(n, status)``, ``latency`` seconds per request,
+    asked. Faults: ``fail_next(n, status | "reset" | "stall")``, ``latency`` seconds per
+    request,
     ``ignore_ranges`` (answer 200 with the whole file), ``hide_size`` (no
     Content-Length in HEAD), ``short_by`` (send that many bytes fewer than the range).
     """
@@ -57,9 +59,10 @@ class RangeServer:
         self.ignore_ranges = False
         self.hide_size = False
         self.short_by = 0
-        self._failures: list[int] = []
+        self.stall_seconds = 5.0
+        self._failures: list[int | str] = []
         self.reset_counts()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", port), _handler(self))
+        self._httpd = _QuietServer(("127.0.0.1", port), _handler(self))
         self._httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
 
@@ -72,7 +75,9 @@ class RangeServer:
             self._generation += 1
             self._files["/" + path.lstrip("/")] = _File(bytes(data), self._generation)
 
-    def fail_next(self, n: int = 1, status: int = 503) -> None:
+    def fail_next(self, n: int = 1, status: int | str = 503) -> None:
+        """Make the next ``n`` requests fail: with an HTTP ``status``, ``"reset"`` (close
+        the connection without an answer) or ``"stall"`` (answer after ``stall_seconds``)."""
         with self._lock:
             self._failures.extend([status] * n)
 
@@ -101,7 +106,7 @@ class RangeServer:
         self.stop()
 
     # called by the handler
-    def _take(self, method: str, path: str) -> tuple[_File | None, int | None]:
+    def _take(self, method: str, path: str) -> tuple[_File | None, int | str | None]:
         with self._lock:
             if method == "GET":
                 self.gets += 1
@@ -114,6 +119,16 @@ class RangeServer:
     def _sent(self, n: int) -> None:
         with self._lock:
             self.bytes_sent += n
+
+
+class _QuietServer(ThreadingHTTPServer):
+    """Clients that hang up mid-answer (timeouts, closed files) are normal here."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        import sys
+
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 def _handler(server: RangeServer) -> type[BaseHTTPRequestHandler]:
@@ -157,8 +172,14 @@ def _handler(server: RangeServer) -> type[BaseHTTPRequestHandler]:
             file, failure = server._take("GET" if body else "HEAD", path)
             if server.latency:
                 time.sleep(server.latency)
-            if failure is not None:
-                return self._error(failure)
+            if failure == "reset":
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return None
+            if failure == "stall":
+                time.sleep(server.stall_seconds)
+            elif failure is not None:
+                return self._error(int(failure))
             if file is None:
                 return self._error(404)
             if_match = self.headers.get("If-Match")

@@ -250,3 +250,36 @@ def test_fork_while_busy(tmp_path) -> None:  # type: ignore[no-untyped-def]
     assert stored_files == [child_id]  # the parent's pending stores were not redone there
     assert fs.flush(10)
     assert len(backend.stored) == 4  # the parent stored its own pages, once
+
+
+@pytest.mark.parametrize("trouble", [503, "reset", "stall", "short"])
+def test_remote_trouble_raises_caches_nothing_then_recovers(tmp_path, trouble: object) -> None:  # type: ignore[no-untyped-def]
+    import aiohttp
+
+    from netcache.httpserver import RangeServer
+
+    data = payload(6 * BS, 77)
+    with RangeServer({"t.bin": data}) as srv:
+        srv.stall_seconds = 3.0
+        url = f"{srv.url}/t.bin"
+        fs = netcache.NetCacheFileSystem(
+            target_protocol="http", cache_dir=str(tmp_path / "c"), block_size=BS,
+            readahead=False,
+            target_options={"client_kwargs": {"timeout": aiohttp.ClientTimeout(total=1)}},
+        )  # fmt: skip
+        assert fs.cat_file(url, 0, 10) == data[:10]  # version known, page 0 cached
+        if trouble == "short":
+            srv.short_by = 100
+        else:
+            srv.fail_next(1, trouble)  # type: ignore[arg-type]
+        try:
+            got = fs.cat_file(url, 2 * BS, 3 * BS)
+        except Exception as exc:  # the remote's own error reaches the reader
+            assert not isinstance(exc, AssertionError)
+            st = fs.stats()
+            assert st.pages.n == 1 and st.retrievals.err >= 1  # nothing was cached
+        else:  # aiohttp retries a reset keep-alive connection by itself
+            assert trouble == "reset" and got == data[2 * BS : 3 * BS]
+        srv.short_by = 0
+        assert fs.cat_file(url, 2 * BS, 3 * BS) == data[2 * BS : 3 * BS]
+        assert fs.cat_file(url) == data
