@@ -68,6 +68,8 @@ class DirectoryBackend(Backend):
         self._suffix = f".{block_size:x}."
         self._stores_since_rescan = 0
         self._rescan_lock = threading.Lock()
+        # pages indexed since the running rescan listed the folder: kept by its rebuild
+        self._since_listing: dict[str, int] = {}
         self._rescan()
 
     # -- pages ---------------------------------------------------------------------------
@@ -93,7 +95,7 @@ class DirectoryBackend(Backend):
             if rel in self._index:
                 self._index[rel]
             else:  # written by another process
-                self._index[rel] = HEADER_SIZE + len(data)
+                self._index[rel] = self._since_listing[rel] = HEADER_SIZE + len(data)
             culled = self._take_culled()
         self._unlink_culled(culled)
         return data
@@ -116,7 +118,7 @@ class DirectoryBackend(Backend):
         rel, path = self._page_path(key)
         self._write_atomic(path, (page_header(key, self.block_size, data), data))
         with self._lock:
-            self._index[rel] = HEADER_SIZE + len(data)
+            self._index[rel] = self._since_listing[rel] = HEADER_SIZE + len(data)
             culled = self._take_culled()
             self._stores_since_rescan += 1
             due = self._stores_since_rescan >= max(8, len(self._index) // 8)
@@ -176,6 +178,7 @@ class DirectoryBackend(Backend):
     def clear(self) -> None:
         with self._lock:
             self._index.forget_all()
+            self._since_listing = {}
         for name in os.listdir(self.files):
             _remove_any(os.path.join(self.files, name))
 
@@ -204,9 +207,14 @@ class DirectoryBackend(Backend):
     def _forget(self, rel: str) -> None:
         with self._lock:
             self._index.pop(rel, None)
+            self._since_listing.pop(rel, None)
 
     def _take_culled(self) -> list[tuple[str, int]]:
-        return self._index.take_culled()
+        """Culled pages to unlink (caller holds the lock)."""
+        culled = self._index.take_culled()
+        for rel, _ in culled:
+            self._since_listing.pop(rel, None)
+        return culled
 
     def _unlink_culled(self, culled: list[tuple[str, int]]) -> None:
         for rel, _ in culled:
@@ -217,6 +225,8 @@ class DirectoryBackend(Backend):
         it to the limit, and remove temporaries of dead writers."""
         found: list[tuple[float, str, int]] = []
         now = time.time()
+        with self._lock:
+            self._since_listing = {}
         for folder, _, names in os.walk(self.files):
             for name in names:
                 path = os.path.join(folder, name)
@@ -236,6 +246,8 @@ class DirectoryBackend(Backend):
             for _, rel, size in found:
                 if size <= self.limit:
                     self._index[rel] = size
+            for rel, size in self._since_listing.items():  # newer than the listing
+                self._index[rel] = size
             culled = self._take_culled()
         self._unlink_culled(culled)
 
