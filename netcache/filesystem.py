@@ -67,7 +67,8 @@ class NetCacheFileSystem(ChainedFileSystem):
     disk_limit:
         Byte budget of the disk tier, default 10 GiB; least recently used pages are culled.
     eviction:
-        ``"lru"`` or an :class:`~netcache.policies.EvictionPolicy`.
+        ``"lru"``, ``"2q"`` (scan-resistant) or an
+        :class:`~netcache.policies.EvictionPolicy`.
     release_policy:
         What reclaim does with pages whose store is pending; None is
         :class:`~netcache.policies.PressureGraded`.

@@ -53,7 +53,7 @@ def make(**kwargs: object) -> netcache.NetCacheFileSystem:
         ({"block_size": 100}, ValueError, "block_size=100 must be at least 4096"),
         ({"memory_limit": 8192, "block_size": 65536}, ValueError, "memory_limit=8192 must hold"),
         ({"cache_dir": "/tmp", "disk_limit": 1000}, ValueError, "disk_limit=1000 must hold"),
-        ({"eviction": "mru"}, ValueError, r"eviction='mru' .* use one of \['lru'\]"),
+        ({"eviction": "mru"}, ValueError, r"eviction='mru' .* use one of \['2q', 'lru'\]"),
         ({"release_policy": "cancel"}, TypeError, "release_policy='cancel' must be"),
         ({"writeback_workers": 0}, ValueError, "writeback_workers=0 must be an int from 1"),
         ({"writeback_workers": 2.0}, ValueError, "writeback_workers=2.0"),

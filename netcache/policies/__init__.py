@@ -1,7 +1,7 @@
 """Eviction policies (which page leaves memory) and release policies (what reclaim does
 with a page whose store is pending)."""
 
-from netcache.policies.eviction import LRU, EvictionPolicy, make_eviction_policy
+from netcache.policies.eviction import LRU, EvictionPolicy, TwoQ, make_eviction_policy
 from netcache.policies.release import (
     CancelPending,
     Outcome,
@@ -26,6 +26,7 @@ __all__ = [
     "ReleasePolicy",
     "ReleaseRequest",
     "StoreControl",
+    "TwoQ",
     "WaitForStore",
     "make_eviction_policy",
     "make_release_policy",
