@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import fsspec
@@ -260,71 +261,55 @@ class NetCacheFileSystem(ChainedFileSystem):
 
     # -- writes go to the target and invalidate --------------------------------------------
 
-    def pipe_file(self, path: str, value: bytes, **kwargs: Any) -> None:
-        tpath = self._target_path(path)
+    @contextlib.contextmanager
+    def _invalidating(self, *tpaths: str) -> Iterator[None]:
+        """Around a write on the target: afterwards, whether it worked or not, drop every
+        cached page of the paths it touched."""
         try:
-            self.fs.pipe_file(tpath, value, **kwargs)
-        finally:
-            self.invalidate(tpath)
-
-    def put_file(self, lpath: str, rpath: str, **kwargs: Any) -> None:
-        tpath = self._target_path(rpath)
-        try:
-            self.fs.put_file(lpath, tpath, **kwargs)
-        finally:
-            self.invalidate(tpath)
-
-    def cp_file(self, path1: str, path2: str, **kwargs: Any) -> None:
-        tpath = self._target_path(path2)
-        try:
-            self.fs.cp_file(self._target_path(path1), tpath, **kwargs)
-        finally:
-            self.invalidate(tpath)
-
-    def rm_file(self, path: str) -> None:
-        tpath = self._target_path(path)
-        try:
-            self.fs.rm_file(tpath)
-        finally:
-            self.invalidate(tpath)
-
-    def rm(self, path: Any, recursive: bool = False, maxdepth: int | None = None) -> None:
-        tpaths = self.fs.expand_path(
-            self._target_path_any(path), recursive=recursive, maxdepth=maxdepth
-        )
-        try:
-            self.fs.rm(tpaths, recursive=recursive, maxdepth=maxdepth)
+            yield
         finally:
             for tpath in tpaths:
                 self.invalidate(tpath)
 
-    def mv(
-        self,
-        path1: Any,
-        path2: Any,
-        recursive: bool = False,
-        maxdepth: int | None = None,
-        **kwargs: Any,
-    ) -> None:
-        sources = self.fs.expand_path(
-            self._target_path_any(path1), recursive=recursive, maxdepth=maxdepth
-        )
-        try:
-            self.fs.mv(
-                self._target_path_any(path1),
-                self._target_path_any(path2),
-                recursive=recursive,
-                maxdepth=maxdepth,
-                **kwargs,
-            )
-        finally:
-            for tpath in sources:
-                self.invalidate(tpath)
-            dest = self._target_path_any(path2)
-            for tpath in dest if isinstance(dest, list) else [dest]:
-                self.invalidate(tpath)
-                for source in sources:  # a move into a folder lands under it
-                    self.invalidate(tpath.rstrip("/") + "/" + source.rstrip("/").rsplit("/")[-1])
+    def pipe_file(self, path: str, value: bytes, **kwargs: Any) -> None:
+        tpath = self._target_path(path)
+        with self._invalidating(tpath):
+            self.fs.pipe_file(tpath, value, **kwargs)
+
+    def put_file(self, lpath: str, rpath: str, **kwargs: Any) -> None:
+        tpath = self._target_path(rpath)
+        with self._invalidating(tpath):
+            self.fs.put_file(lpath, tpath, **kwargs)
+
+    def cp_file(self, path1: str, path2: str, **kwargs: Any) -> None:
+        tpath = self._target_path(path2)
+        with self._invalidating(tpath):
+            self.fs.cp_file(self._target_path(path1), tpath, **kwargs)
+
+    def rm_file(self, path: str) -> None:
+        tpath = self._target_path(path)
+        with self._invalidating(tpath):
+            self.fs.rm_file(tpath)
+
+    def rm(self, path: Any, recursive: bool = False, maxdepth: int | None = None) -> None:
+        tpaths = self.fs.expand_path(self._target_path_any(path), recursive=recursive,
+                                     maxdepth=maxdepth)  # fmt: skip
+        with self._invalidating(*tpaths):
+            self.fs.rm(tpaths, recursive=recursive, maxdepth=maxdepth)
+
+    def mv(self, path1: Any, path2: Any, recursive: bool = False, maxdepth: int | None = None,
+           **kwargs: Any) -> None:  # fmt: skip
+        sources = self.fs.expand_path(self._target_path_any(path1), recursive=recursive,
+                                      maxdepth=maxdepth)  # fmt: skip
+        dest = self._target_path_any(path2)
+        dests = dest if isinstance(dest, list) else [dest]
+        # a move into a folder lands under it
+        under = [
+            d.rstrip("/") + "/" + s.rstrip("/").rsplit("/")[-1] for d in dests for s in sources
+        ]
+        with self._invalidating(*sources, *dests, *under):
+            self.fs.mv(self._target_path_any(path1), dest, recursive=recursive,
+                       maxdepth=maxdepth, **kwargs)  # fmt: skip
 
     def _target_path_any(self, path: Any) -> Any:
         if isinstance(path, list):
