@@ -28,7 +28,8 @@ Range = tuple[FileCookie, int, int]
 #: reach about twice the rate of 1 MiB ones at 20 ms latency).
 READAHEAD_WORKERS = 8
 READAHEAD_CHUNK_BYTES = 4 << 20
-#: Read-ahead bytes in flight at once, per cache, at most.
+#: Read-ahead bytes in flight at once, per cache, at most (and a quarter of its memory
+#: budget at most).
 READAHEAD_MAX_INFLIGHT = 64 << 20
 
 
@@ -143,7 +144,8 @@ class PageFetcher:
         keys = [PageKey(cookie.file_id, cookie.version, i) for i in pages]
         nbytes = len(keys) * self.block_size
         with self._ra_lock:
-            if self._ra_bytes + nbytes > READAHEAD_MAX_INFLIGHT:
+            # in flight: network buffers and their page copies, outside the memory budget
+            if self._ra_bytes + nbytes > min(READAHEAD_MAX_INFLIGHT, self.page_cache.limit // 4):
                 return
             self._ra_bytes += nbytes
             if self._pool is None:
