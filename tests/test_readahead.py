@@ -10,6 +10,7 @@ from conftest import BS, payload, wait_for
 from fsspec.implementations.memory import MemoryFileSystem
 
 import netcache
+import netcache.page
 from netcache import MemoryPressureMonitor, MemoryReading
 from netcache.policies import PressureLevel
 from netcache.readahead import Readahead
@@ -136,3 +137,18 @@ def test_critical_pressure_stops_readahead_and_it_resumes() -> None:
 def test_bad_readahead_argument(readahead: object) -> None:
     with pytest.raises((ValueError, TypeError), match="readahead"):
         make(1, readahead=readahead)
+
+
+def test_a_reader_can_take_over_pages_another_claim_holds() -> None:
+    """The last resort after read-ahead failed under a reader three times: fetch the
+    pages it would wait for itself, without admitting them over the other claim."""
+    fs, _, data = make(4)
+    fetcher = fs.context.fetcher
+    cookie = fs._cookie("/ra/f")
+    keys = [netcache.page.PageKey(cookie.file_id, cookie.version, i) for i in range(2)]
+    held = fs.context.page_cache.claim_missing(keys)  # a fetch that never finishes
+    assert set(held) == set(keys)
+    pages = fetcher._gather(fs.fs, dict.fromkeys(keys, cookie), verify=True, wait=False)
+    assert pages is not None
+    assert b"".join(bytes(pages[k].data) for k in keys) == data[: 2 * BS]
+    assert fs.stats().pages.n == 0  # not admitted: the other claim is still the owner
