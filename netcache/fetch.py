@@ -287,7 +287,7 @@ class PageFetcher:
         pin = self._pin(target, cookie)
         try:
             if len(starts) == 1:
-                blobs = [target.cat_file(cookie.path, starts[0], ends[0], **pin)]
+                blobs = [target.cat_file(cookie.path, start=starts[0], end=ends[0], **pin)]
             else:
                 blobs = target.cat_ranges(
                     [cookie.path] * len(starts), starts, ends, on_error="return", **pin
