@@ -42,11 +42,13 @@ class CookieJar:
         backend: Backend | None,
         on_change: Callable[[str, str], None],
         on_disk_error: Callable[[str, OSError], None],
+        on_stale: Callable[[str, Exception], None],
     ) -> None:
         self.target_id = target_id
         self.backend = backend
         self._on_change = on_change
         self._on_disk_error = on_disk_error
+        self._on_stale = on_stale
         self._lock = threading.Lock()
         # path -> (cookie, when its version was checked)
         self._cookies: cachetools.LRUCache[str, tuple[FileCookie, float]] = cachetools.LRUCache(
@@ -60,23 +62,44 @@ class CookieJar:
         path: str,
         check_interval: float | None,
         refresh: bool = False,
+        offline: bool = False,
     ) -> FileCookie:
+        """The current version of ``path``. With ``offline`` set, a version check that
+        cannot reach the remote falls back to the last version known (in memory or on
+        disk, however old), counted as ``Retrvls: stale``; a missing file still raises."""
+        fid = make_file_id(self.target_id, path)
         if not refresh and check_interval != 0:
             with self._lock:
                 entry = self._cookies.get(path)
             if entry is not None and _fresh(entry[1], check_interval):
                 return entry[0]
-            cookie = self._from_disk(make_file_id(self.target_id, path), path, check_interval)
+            cookie = self._from_disk(fid, path, check_interval)
             if cookie is not None:
                 return cookie
-        info = target.info(path)
+        try:
+            info = target.info(path)
+        except Exception as exc:
+            known = self._last_known(fid, path) if offline and _unreachable(exc) else None
+            if known is None:
+                raise
+            self._on_stale(path, exc)
+            return known
         if info.get("type", "file") == "directory":
             raise IsADirectoryError(path)
         cookie = FileCookie.from_info(make_file_id(self.target_id, path), path, info)
         self._learn(cookie, time.time(), from_remote=True)
         return cookie
 
-    def _from_disk(self, fid: str, path: str, check_interval: float | None) -> FileCookie | None:
+    def _last_known(self, fid: str, path: str) -> FileCookie | None:
+        with self._lock:
+            entry = self._cookies.get(path)
+        if entry is not None:
+            return entry[0]
+        return self._from_disk(fid, path, None, learn=False)
+
+    def _from_disk(
+        self, fid: str, path: str, check_interval: float | None, learn: bool = True
+    ) -> FileCookie | None:
         meta = self.backend.load_meta(fid) if self.backend is not None else None
         if not meta or meta.get("format") != META_FORMAT:
             return None
@@ -90,7 +113,8 @@ class CookieJar:
             return None
         if not _fresh(checked_at, check_interval):
             return None
-        self._learn(cookie, checked_at, from_remote=False)
+        if learn:
+            self._learn(cookie, checked_at, from_remote=False)
         return cookie
 
     def _learn(self, cookie: FileCookie, checked_at: float, from_remote: bool) -> None:
@@ -148,6 +172,18 @@ class CookieJar:
 
     def file_id(self, path: str) -> str:
         return make_file_id(self.target_id, path)
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the remote could not be asked, rather than that the file is
+    missing or forbidden. fsspec's HTTP ``info`` turns every failure into
+    ``FileNotFoundError``; its cause tells a 404 from a refused connection."""
+    if isinstance(exc, (IsADirectoryError, PermissionError)):
+        return False
+    if isinstance(exc, FileNotFoundError):
+        cause = exc.__cause__
+        return cause is not None and getattr(cause, "status", None) not in (404, 410)
+    return True
 
 
 def _fresh(checked_at: float, check_interval: float | None) -> bool:

@@ -20,6 +20,7 @@ from netcache.backends.base import Backend
 from netcache.backends.directory import DirectoryBackend
 from netcache.coherency import CookieJar
 from netcache.fetch import PageFetcher
+from netcache.identity import redact_url
 from netcache.pagecache import PageCache
 from netcache.policies.eviction import EvictionPolicy, make_eviction_policy
 from netcache.policies.release import ReleasePolicy, make_release_policy
@@ -226,6 +227,7 @@ class CacheContext:
             self.backend,
             on_change=self.invalidate_file,
             on_disk_error=self._disk_error,
+            on_stale=self._stale,
         )
 
     def _open_backend(self) -> Backend | None:
@@ -247,6 +249,11 @@ class CacheContext:
             self.config.cache_dir,
             exc,
         )
+
+    def _stale(self, path: str, exc: Exception) -> None:
+        self.counters.add("retrievals.stale")
+        self.warn("stale", "netcache: the remote could not be reached to check %s (%r); "
+                  "serving the version cached last", redact_url(path), exc)  # fmt: skip
 
     def invalidate_file(self, file_id: str | None, keep_version: str | None = None) -> int:
         """Drop pages of one file (or of every file), in memory, queued and on disk."""

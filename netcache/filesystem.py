@@ -82,6 +82,10 @@ class NetCacheFileSystem(ChainedFileSystem):
         Largest window fetched ahead of a sequential reader (default 32 MiB, in
         concurrent requests of up to 4 MiB); False or 0 turns read-ahead off. Random access
         never reads ahead. Read-ahead calls the target from a pool of threads.
+    offline:
+        For remotes that go away: when a version check cannot reach the remote, serve the
+        version cached last (counted as ``Retrvls: stale``, logged once); only bytes that
+        are not cached raise. Off by default: a failed check raises.
     memory_monitor:
         None: register with the process-wide :class:`~netcache.MemoryPressureMonitor`;
         False: none; or a monitor of your own (its limit, thresholds, probe).
@@ -110,6 +114,7 @@ class NetCacheFileSystem(ChainedFileSystem):
         check_interval: float | None = DEFAULT_CHECK_INTERVAL,
         memory_monitor: MemoryPressureMonitor | bool | None = None,
         readahead: int | str | bool = DEFAULT_READAHEAD,
+        offline: bool = False,
         fo: str | None = None,
         **storage_options: Any,
     ) -> None:
@@ -140,6 +145,10 @@ class NetCacheFileSystem(ChainedFileSystem):
         if 0 < self.readahead < self.config.block_size:
             raise ValueError(f"readahead={readahead!r} must be False, 0, or at least one page "
                              f"(block_size={self.config.block_size})")  # fmt: skip
+        if not isinstance(offline, bool):
+            raise TypeError(f"offline={offline!r} must be True or False")
+        #: Serve cached versions when the remote cannot be reached to check them.
+        self.offline = offline
         self._target_id = target_identity(self.fs)
         self._pid = os.getpid()
         self._context = registry.acquire(self.config, self._target_id)
@@ -175,7 +184,7 @@ class NetCacheFileSystem(ChainedFileSystem):
     def _cookie(self, path: str, refresh: bool = False) -> FileCookie:
         context = self.context
         cookie = context.cookies.cookie(
-            self.fs, self._target_path(path), self.config.check_interval, refresh
+            self.fs, self._target_path(path), self.config.check_interval, refresh, self.offline
         )
         if cookie.size is None:
             cookie = context.fetcher.load_whole(self.fs, cookie)

@@ -60,6 +60,7 @@ class RangeServer:
         self.hide_size = False
         self.short_by = 0
         self.stall_seconds = 5.0
+        self._stopped = False
         self._failures: list[int | str] = []
         self.reset_counts()
         self._httpd = _QuietServer(("127.0.0.1", port), _handler(self))
@@ -96,6 +97,8 @@ class RangeServer:
         return self
 
     def stop(self) -> None:
+        """Stop listening, and hang up on clients that keep connections open."""
+        self._stopped = True
         self._httpd.shutdown()
         self._httpd.server_close()
 
@@ -172,7 +175,7 @@ def _handler(server: RangeServer) -> type[BaseHTTPRequestHandler]:
             file, failure = server._take("GET" if body else "HEAD", path)
             if server.latency:
                 time.sleep(server.latency)
-            if failure == "reset":
+            if failure == "reset" or server._stopped:
                 self.close_connection = True
                 self.connection.shutdown(socket.SHUT_RDWR)
                 return None

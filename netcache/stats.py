@@ -31,7 +31,8 @@ class RetrievalStats:
     ``mem``/``disk``/``remote``: pages served from each tier; ``rbytes``: bytes fetched
     from the remote; ``req``: remote data requests; ``joined``: pages a reader waited for
     because another reader was already fetching them (single flight); ``err``: failed
-    remote fetches.
+    remote fetches; ``stale``: versions served without a check because the remote could
+    not be reached (``offline=True`` only).
     """
 
     label: ClassVar[str] = "Retrvls"
@@ -42,6 +43,7 @@ class RetrievalStats:
     req: int = 0
     joined: int = 0
     err: int = 0
+    stale: int = 0
 
 
 @dataclass(frozen=True)

@@ -283,3 +283,33 @@ def test_remote_trouble_raises_caches_nothing_then_recovers(tmp_path, trouble: o
         srv.short_by = 0
         assert fs.cat_file(url, 2 * BS, 3 * BS) == data[2 * BS : 3 * BS]
         assert fs.cat_file(url) == data
+
+
+def test_offline_mode_serves_what_is_cached(tmp_path, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+    from netcache.httpserver import RangeServer
+
+    data = payload(6 * BS, 78)
+    cache = str(tmp_path / "c")
+    srv = RangeServer({"gone.bin": data, "other.bin": data}).start()
+    url, other = f"{srv.url}/gone.bin", f"{srv.url}/other.bin"
+    fs = netcache.NetCacheFileSystem(target_protocol="http", cache_dir=cache, block_size=BS,
+                                     check_interval=0, offline=True, readahead=False)  # fmt: skip
+    strict = netcache.NetCacheFileSystem(target_protocol="http", cache_dir=cache,
+                                         block_size=BS, check_interval=0,
+                                         readahead=False)  # fmt: skip
+    assert fs.cat_file(url, 0, 3 * BS) == data[: 3 * BS]
+    with pytest.raises(FileNotFoundError):  # a missing file is missing, offline or not
+        fs.cat_file(f"{srv.url}/missing.bin")
+    srv.stop()  # the remote goes away
+    with caplog.at_level(logging.WARNING, logger="netcache"):
+        assert fs.cat_file(url, 0, 3 * BS) == data[: 3 * BS]  # cached: served
+        assert fs.cat_file(url, BS, 2 * BS) == data[BS : 2 * BS]
+        with pytest.raises(Exception) as info:
+            fs.cat_file(url, 4 * BS, 5 * BS)  # not cached: the remote's error
+        assert not isinstance(info.value, AssertionError)
+        with pytest.raises(Exception):  # noqa: B017 - never seen: nothing to fall back to
+            fs.cat_file(other)
+    assert fs.stats().retrievals.stale >= 2
+    assert len([r for r in caplog.records if "could not be reached" in r.getMessage()]) == 1
+    with pytest.raises(Exception):  # noqa: B017 - without offline=True a check must succeed
+        strict.cat_file(url, 0, 10)
