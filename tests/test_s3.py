@@ -100,3 +100,49 @@ def test_missing_key_is_file_not_found(s3: dict, tmp_path) -> None:  # type: ign
     fs = make(s3, str(tmp_path / "c"))
     with pytest.raises(FileNotFoundError):
         fs.cat_file(f"{s3['bucket']}/nope")
+
+
+def test_s3_goes_away_and_comes_back(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The S3 server stops (connections refused) and restarts on the same port: the
+    reader gets an error for bytes that are not cached, nothing wrong is cached, and the
+    next read after the recovery is right."""
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    opts = {"key": "AKIDTEST", "secret": SECRET, "endpoint_url": f"http://{host}:{port}",
+            "client_kwargs": {"region_name": "eu-west-1"},
+            "config_kwargs": {"connect_timeout": 1, "read_timeout": 2,
+                              "retries": {"max_attempts": 1}}}  # fmt: skip
+    data = payload(6 * BS, 9)
+    target = s3fs.S3FileSystem(skip_instance_cache=True, **opts)
+    target.mkdir("away")
+    target.pipe_file("away/f.bin", data)
+    fs = netcache.NetCacheFileSystem(target_protocol="s3", target_options=opts,
+                                     cache_dir=str(tmp_path / "c"), block_size=BS,
+                                     check_interval=None, readahead=False)  # fmt: skip
+    try:
+        assert fs.cat_file("away/f.bin", 0, 2 * BS) == data[: 2 * BS]
+        server.stop()
+        assert fs.cat_file("away/f.bin", 0, 2 * BS) == data[: 2 * BS]  # cached
+        with pytest.raises(Exception) as info:
+            fs.cat_file("away/f.bin", 4 * BS, 5 * BS)
+        assert not isinstance(info.value, AssertionError)
+        assert fs.stats().pages.n == 2 and fs.stats().retrievals.err >= 1
+        server = moto_server.ThreadedMotoServer(ip_address=host, port=port, verbose=False)
+        server.start()  # moto keeps its buckets in this process: the same data is back
+        assert fs.cat_file("away/f.bin") == data
+    finally:
+        server.stop()
+
+
+def test_endpoints_key_the_cache_and_secrets_do_not() -> None:
+    from netcache.identity import target_identity
+
+    def make_target(key: str, endpoint: str) -> object:
+        return s3fs.S3FileSystem(key=key, secret=key + "-secret", endpoint_url=endpoint,
+                                 skip_instance_cache=True)  # fmt: skip
+
+    one_a, one_b = make_target("A", "http://one:9000"), make_target("B", "http://one:9000")
+    two = make_target("A", "http://two:9000")
+    assert target_identity(one_a) == target_identity(one_b)  # same data, other credentials
+    assert target_identity(one_a) != target_identity(two)  # another server: never shared
