@@ -13,6 +13,7 @@ from conftest import BS, MiB, http_fs, payload
 
 import netcache
 from netcache.backends import MappingBackend
+from netcache.backends.base import HEADER_SIZE as HEADER
 from netcache.backends.directory import LAYOUT
 from netcache.httpserver import RangeServer
 
@@ -211,3 +212,43 @@ assert len(fs.cat_file({url!r})) == {len(data)}
     server.reset_counts()
     fs = http_fs(cache_dir, check_interval=None)
     assert fs.cat_file(url) == data and server.gets == 0
+
+
+def test_hostile_files_are_at_worst_a_miss(server: RangeServer, cache_dir: str) -> None:
+    url = f"{server.url}/big.bin"
+    data = server._files["/big.bin"].data
+    fs = http_fs(cache_dir, check_interval=None)
+    assert fs.cat_file(url) == data
+    assert fs.flush(30)
+    for folder, _, names in os.walk(os.path.join(cache_dir, LAYOUT)):
+        for name in names:
+            path = os.path.join(folder, name)
+            if name == "meta.json":  # not JSON, then JSON of the wrong shape
+                with open(path, "wb") as f:
+                    f.write(b"\x80\x04\x95 pickle? __import__('os').system('false')")
+            elif name.endswith(".page"):
+                with open(path, "r+b") as f:
+                    f.seek(HEADER)
+                    f.write(b"\x00" * 64)  # valid header, other bytes
+    netcache.close_all()
+    netcache.NetCacheFileSystem.clear_instance_cache()
+    fs = http_fs(cache_dir, check_interval=None)
+    assert fs.cat_file(url) == data
+    st = fs.stats()
+    pages = len(range(0, len(data), BS))
+    # the metadata was ignored (never unpickled or evaluated); every tampered page failed
+    # its checksum and was fetched again
+    assert st.retrievals.disk == 0 and st.disk.rerr == pages and st.retrievals.remote == pages
+
+
+def test_urls_never_become_paths(cache_dir: str) -> None:
+    mem = fsspec.filesystem("memory")
+    mem.pipe_file("/a/../../etc/passwd", b"not really")
+    fs = netcache.NetCacheFileSystem(fs=mem, cache_dir=cache_dir, block_size=BS)
+    assert fs.cat_file("/a/../../etc/passwd") == b"not really"
+    assert fs.flush(10)
+    root = os.path.realpath(cache_dir)
+    for folder, dirs, names in os.walk(cache_dir):
+        for name in dirs + names:
+            path = os.path.realpath(os.path.join(folder, name))
+            assert path.startswith(root) and "passwd" not in name and ".." not in name
