@@ -10,7 +10,7 @@ reads) left on the heap, after a reclaim.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import functools
 import mmap
 from collections.abc import Callable
 
@@ -30,11 +30,12 @@ def page_buffer(data: bytes | bytearray | memoryview) -> mmap.mmap:
     return buf
 
 
-def _load_malloc_trim() -> Callable[[int], int] | None:
-    name = ctypes.util.find_library("c")
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim`` from the symbols already in the process (no library search
+    at import time), or None where there is none."""
     try:
-        libc = ctypes.CDLL(name)
-        trim = libc.malloc_trim
+        trim = ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError, TypeError):  # not glibc
         return None
     trim.argtypes = [ctypes.c_size_t]
@@ -42,9 +43,7 @@ def _load_malloc_trim() -> Callable[[int], int] | None:
     return trim
 
 
-_malloc_trim = _load_malloc_trim()
-
-
 def trim_heap() -> bool:
     """Give free heap memory back to the OS (glibc ``malloc_trim``); False elsewhere."""
-    return bool(_malloc_trim(0)) if _malloc_trim is not None else False
+    trim = _malloc_trim()
+    return bool(trim(0)) if trim is not None else False

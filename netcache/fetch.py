@@ -156,7 +156,11 @@ class PageFetcher:
         step = max(1, READAHEAD_CHUNK_BYTES // self.block_size)
         for i in range(0, len(items), step):
             chunk = dict(items[i : i + step])
-            pool.submit(self._readahead_chunk, target, cookie, chunk, verify)
+            try:
+                pool.submit(self._readahead_chunk, target, cookie, chunk, verify)
+            except RuntimeError as exc:  # the pool is shut down (interpreter exit)
+                self.page_cache.fail(chunk, ReadaheadFailed(f"read-ahead not started: {exc}"))
+                self._release_ra(len(chunk) * self.block_size)
         self._release_ra(nbytes - len(items) * self.block_size)
 
     def _readahead_chunk(self, target: AbstractFileSystem, cookie: FileCookie,
