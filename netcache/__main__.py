@@ -1,11 +1,11 @@
-"""``python -m netcache``: the demo (more commands come with the CLI)."""
+"""``python -m netcache``: the demo, and ``stats``/``clear`` for a cache folder."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from netcache import demo
+from netcache import cli, demo
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -14,6 +14,16 @@ def main(argv: list[str] | None = None) -> int:
     run_demo = commands.add_parser("demo", help="read through netcache from a local remote")
     run_demo.add_argument("--size-mib", type=int, default=32, help="size of the demo file")
     run_demo.add_argument("--cache-dir", default=None, help="cache folder (default: temporary)")
+    show = commands.add_parser("stats", help="what a cache folder holds, per remote file")
+    show.add_argument("cache_dir")
+    show.add_argument("--json", action="store_true", help="machine-readable output")
+    empty = commands.add_parser("clear", help="remove cached files from a cache folder")
+    empty.add_argument("cache_dir")
+    which = empty.add_mutually_exclusive_group()
+    which.add_argument("--older-than", type=float, metavar="SECONDS",
+                       help="only pages not used for this long")  # fmt: skip
+    which.add_argument("--url", help="only this remote file")
+    empty.add_argument("--json", action="store_true", help="machine-readable output")
     second = commands.add_parser("_second-process")  # used by the demo itself
     second.add_argument("url")
     second.add_argument("cache_dir")
@@ -22,7 +32,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.size_mib < 1:
             parser.error("--size-mib must be at least 1")
         return demo.run(args.size_mib, args.cache_dir)
-    demo.second_process(args.url, args.cache_dir)
+    if args.command == "_second-process":
+        demo.second_process(args.url, args.cache_dir)
+        return 0
+    if args.command == "clear" and args.older_than is not None and args.older_than < 0:
+        parser.error("--older-than must be a number of seconds >= 0")
+    try:
+        if args.command == "stats":
+            print(cli.stats(args.cache_dir, args.json))
+        else:
+            print(cli.clear(args.cache_dir, args.older_than, args.url, args.json))
+    except FileNotFoundError as exc:
+        print(f"python -m netcache {args.command}: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
