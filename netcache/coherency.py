@@ -124,7 +124,10 @@ class CookieJar:
             self._cookies[cookie.path] = (cookie, checked_at)
         if previous is not None and previous != cookie.version:
             self._on_change(cookie.file_id, cookie.version)
-        if from_remote and self.backend is not None:
+        # The disk tier's metadata is read and written when this process first sees a
+        # version (first sight or a change), not on every check: with check_interval=0
+        # that would be a file rewrite on every read.
+        if from_remote and self.backend is not None and previous != cookie.version:
             meta = self.backend.load_meta(cookie.file_id) if previous is None else None
             if meta is not None and meta.get("version") != cookie.version:
                 self._on_change(cookie.file_id, cookie.version)

@@ -252,3 +252,19 @@ def test_urls_never_become_paths(cache_dir: str) -> None:
         for name in dirs + names:
             path = os.path.realpath(os.path.join(folder, name))
             assert path.startswith(root) and "passwd" not in name and ".." not in name
+
+
+def test_metadata_written_once_per_version_not_per_check(server: RangeServer,
+                                                         cache_dir: str) -> None:  # fmt: skip
+    url = f"{server.url}/small.bin"
+    fs = http_fs(cache_dir, check_interval=0)  # a version check on every read
+    fs.cat_file(url)
+    metas = [os.path.join(f, n) for f, _, ns in os.walk(cache_dir) for n in ns if n == "meta.json"]
+    assert len(metas) == 1
+    inode = os.stat(metas[0]).st_ino  # each write is a new file renamed into place
+    for _ in range(5):
+        fs.cat_file(url)
+    assert os.stat(metas[0]).st_ino == inode
+    server.put("small.bin", payload(1000, 77))  # a new version is written down
+    assert fs.cat_file(url) == payload(1000, 77)
+    assert os.stat(metas[0]).st_ino != inode
