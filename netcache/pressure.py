@@ -11,7 +11,7 @@ import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
@@ -229,14 +229,17 @@ class MemoryPressureMonitor:
         """Take one reading, set the level on every cache, and reclaim if needed."""
         with self._check_lock:
             reading = self.probe()
+            log = None
             with self._lock:
                 self._counts["readings"] += 1
                 level = self.grade(reading)
                 if level != self._level:
-                    self._change_level(level, reading)
+                    log = self._change_level(level, reading)
                 caches = list(self._caches)
                 for cache in caches:
                     cache.pressure = level
+            if log is not None:  # outside the lock: handlers are other people's code
+                logger.info(*log)
             if level > PressureLevel.NONE:
                 # back *under* target (and the floor), so at least one byte
                 need = max(reading.rss - int(self.target * self.limit) + 1,
@@ -263,7 +266,8 @@ class MemoryPressureMonitor:
             self._counts["max_us"] = max(self._counts["max_us"], elapsed)
             self._episode_bytes += freed
 
-    def _change_level(self, level: PressureLevel, reading: MemoryReading) -> None:
+    def _change_level(self, level: PressureLevel, reading: MemoryReading) -> tuple[Any, ...]:
+        """Enter ``level`` (caller holds the lock); return the INFO line to log."""
         old, self._level = self._level, level
         mib = 1 << 20
         figures = (f"rss={reading.rss // mib} MiB limit={self.limit // mib} MiB "
@@ -273,13 +277,12 @@ class MemoryPressureMonitor:
         if old == PressureLevel.NONE:
             self._entered_at = time.monotonic()
             self._episode_bytes = 0
-            logger.info("netcache: memory pressure %s (%s)", level.name, figures)
-        elif level == PressureLevel.NONE:
-            logger.info("netcache: memory pressure over after %.0f ms, %d MiB reclaimed (%s)",
-                        (time.monotonic() - self._entered_at) * 1000,
-                        self._episode_bytes // mib, figures)  # fmt: skip
-        else:
-            logger.info("netcache: memory pressure %s -> %s (%s)", old.name, level.name, figures)
+            return ("netcache: memory pressure %s (%s)", level.name, figures)
+        if level == PressureLevel.NONE:
+            return ("netcache: memory pressure over after %.0f ms, %d MiB reclaimed (%s)",
+                    (time.monotonic() - self._entered_at) * 1000,
+                    self._episode_bytes // mib, figures)  # fmt: skip
+        return ("netcache: memory pressure %s -> %s (%s)", old.name, level.name, figures)
 
     def gauges(self) -> dict[str, int]:
         """The Pressure stats line."""
