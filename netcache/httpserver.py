@@ -14,6 +14,7 @@ import json
 import random
 import re
 import socket
+import sys
 import threading
 import time
 from collections import Counter
@@ -128,8 +129,6 @@ class _QuietServer(ThreadingHTTPServer):
     """Clients that hang up mid-answer (timeouts, closed files) are normal here."""
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        import sys
-
         if not isinstance(sys.exc_info()[1], ConnectionError):
             super().handle_error(request, client_address)
 
