@@ -1,5 +1,6 @@
 """netcache: a block page cache for any fsspec filesystem."""
 
+from netcache.aio import AsyncNetCacheFileSystem
 from netcache.backends import Backend, DirectoryBackend, DiskUsage, MappingBackend
 from netcache.context import close_all
 from netcache.errors import CorruptPageError, FileChangedError, ShortReadError
@@ -21,6 +22,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "LRU",
+    "AsyncNetCacheFileSystem",
     "Backend",
     "CancelPending",
     "CorruptPageError",

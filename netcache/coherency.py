@@ -90,6 +90,17 @@ class CookieJar:
         self._learn(cookie, time.time(), from_remote=True)
         return cookie
 
+    def known(self, path: str, check_interval: float | None) -> FileCookie | None:
+        """The version of ``path`` if one was checked within ``check_interval`` and is held
+        in memory, else None: no I/O, so an event loop may call it."""
+        if check_interval == 0:
+            return None
+        with self._lock:
+            entry = self._cookies.get(path)
+        if entry is None or not _fresh(entry[1], check_interval):
+            return None
+        return entry[0]
+
     def _last_known(self, fid: str, path: str) -> FileCookie | None:
         with self._lock:
             entry = self._cookies.get(path)

@@ -78,6 +78,14 @@ class PageFetcher:
     ) -> bytes:
         """One range. When every page is resident (the common case of a warm cache) the
         bytes are joined straight from them; otherwise it is ``read_ranges``."""
+        data = self.read_resident(cookie, start, end)
+        if data is None:
+            return self.read_ranges(target, [(cookie, start, end)], verify)[0]
+        return data
+
+    def read_resident(self, cookie: FileCookie, start: int, end: int) -> bytes | None:
+        """The bytes if every page is resident, else None: no I/O and no waiting, so an
+        event loop may call it."""
         assert cookie.size is not None, "size must be known before reading pages"
         start, end = max(0, start), min(end, cookie.size)
         if start >= end:
@@ -89,7 +97,7 @@ class PageFetcher:
         ]
         pages = self.page_cache.lookup_resident(keys)
         if pages is None:
-            return self.read_ranges(target, [(cookie, start, end)], verify)[0]
+            return None
         return _join(pages, start - first * bs, end - first * bs)
 
     def read_ranges(

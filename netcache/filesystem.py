@@ -229,6 +229,19 @@ class NetCacheFileSystem(ChainedFileSystem):
         except FileChangedError:  # changed between the version check and the fetch
             return self._cat(self._cookie(tpath, refresh=True), start, end)
 
+    def cat_file_resident(
+        self, path: str, start: int | None = None, end: int | None = None
+    ) -> bytes | None:
+        """``cat_file`` if it can be answered at once from memory (a version checked within
+        ``check_interval`` and every page resident), else None. It does no I/O and never
+        waits, which is what lets :class:`~netcache.AsyncNetCacheFileSystem` answer warm
+        reads on the event loop."""
+        cookie = self.context.cookies.known(self._target_path(path), self.config.check_interval)
+        if cookie is None or cookie.size is None:
+            return None
+        lo, hi = _absolute_range(cookie.size, start, end)
+        return self.context.fetcher.read_resident(cookie, lo, hi)
+
     def _cat(self, cookie: FileCookie, start: int | None, end: int | None) -> bytes:
         lo, hi = _absolute_range(cookie.size or 0, start, end)
         return self.read_pages(cookie, lo, hi)
@@ -345,14 +358,29 @@ class NetCacheFileSystem(ChainedFileSystem):
     def glob(self, path: str, maxdepth: int | None = None, **kwargs: Any) -> Any:
         return self.fs.glob(self._target_path(path), maxdepth=maxdepth, **kwargs)
 
+    # Answered from the version netcache keeps (the target's ``info``, re-checked every
+    # ``check_interval``): data libraries ask these before every open, and fsspec's HTTP
+    # ``exists`` and ``isdir`` download the whole file to answer.
     def exists(self, path: str, **kwargs: Any) -> bool:
-        return self.fs.exists(self._target_path(path), **kwargs)
+        return self._kind(path) is not None
 
     def isdir(self, path: str) -> bool:
-        return self.fs.isdir(self._target_path(path))
+        return self._kind(path) == "directory"
 
     def isfile(self, path: str) -> bool:
-        return self.fs.isfile(self._target_path(path))
+        return self._kind(path) == "file"
+
+    def _kind(self, path: str) -> str | None:
+        tpath = self._target_path(path)
+        try:
+            self.context.cookies.cookie(
+                self.fs, tpath, self.config.check_interval, False, self.offline
+            )
+        except IsADirectoryError:
+            return "directory"
+        except FileNotFoundError:
+            return None
+        return "file"
 
     def du(
         self,

@@ -1,0 +1,146 @@
+"""The async path: AsyncNetCacheFileSystem answers warm reads on the loop and never blocks
+the loop on the disk tier or the remote."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from conftest import BS, MiB, http_fs
+
+import netcache
+from netcache.backends.mapping import MappingBackend
+from netcache.httpserver import RangeServer
+from netcache.page import PageKey
+
+
+class SlowDisk(MappingBackend):
+    """A disk tier whose page reads take ``delay`` seconds (a busy or remote disk)."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__({}, BS, 64 * MiB)
+        self.delay = delay
+
+    def load_page(self, key: PageKey) -> bytes | None:
+        time.sleep(self.delay)
+        return super().load_page(key)
+
+
+class NoThreads(concurrent.futures.ThreadPoolExecutor):
+    """An executor that refuses work: a coroutine that needs a thread fails."""
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a thread was asked for")
+
+
+async def longest_stall(work: Awaitable[Any]) -> tuple[Any, float]:
+    """Run ``work`` beside a 5 ms ticker; return its result and the ticker's longest gap."""
+    gaps: list[float] = []
+    done = asyncio.Event()
+
+    async def ticker() -> None:
+        last = time.monotonic()
+        while not done.is_set():
+            await asyncio.sleep(0.005)
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+
+    began = time.monotonic()
+    tick = asyncio.ensure_future(ticker())
+    try:
+        result = await work
+    finally:
+        done.set()
+        await tick
+    return result, max(gaps, default=time.monotonic() - began)
+
+
+def run(coro_fn: Callable[[], Awaitable[Any]]) -> Any:
+    return asyncio.run(coro_fn())  # type: ignore[arg-type]
+
+
+def test_warm_reads_are_answered_on_the_loop(server: RangeServer, cache_dir: str) -> None:
+    afs = netcache.AsyncNetCacheFileSystem(http_fs(cache_dir))
+    url = f"{server.url}/big.bin"
+    data = server._files["/big.bin"].data
+
+    async def main() -> None:
+        assert await afs._cat_file(url, 1000, 3 * BS) == data[1000 : 3 * BS]  # cold: thread
+        asyncio.get_running_loop().set_default_executor(NoThreads())
+        assert await afs._cat_file(url, 2000, 2 * BS + 7) == data[2000 : 2 * BS + 7]
+        got = await afs._cat_ranges([url, url], [BS, 5], [BS + 10, 50])
+        assert got == [data[BS : BS + 10], data[5:50]]
+        with pytest.raises(AssertionError, match="thread"):
+            await afs._cat_file(url, 2 * MiB, 2 * MiB + 10)  # not resident: needs a thread
+
+    run(main)
+    assert afs.sync_fs.stats().retrievals.mem >= 3
+
+
+def test_disk_tier_reads_do_not_block_the_loop(server: RangeServer) -> None:
+    disk = SlowDisk(delay=0.3)
+    url = f"{server.url}/big.bin"
+    data = server._files["/big.bin"].data
+    first = http_fs(disk, readahead=False)
+    assert first.cat_file(url, 0, 2 * BS) == data[: 2 * BS]
+    assert first.flush(timeout=10)
+    netcache.close_all(drain_timeout=5)
+    netcache.NetCacheFileSystem.clear_instance_cache()
+    afs = netcache.AsyncNetCacheFileSystem(http_fs(disk, readahead=False))
+    gets = server.gets
+
+    got, stall = run(lambda: longest_stall(afs._cat_file(url, 10, BS + 10)))
+    assert got == data[10 : BS + 10]
+    assert afs.sync_fs.stats().retrievals.disk == 2 and server.gets == gets
+    assert stall < 0.2  # two page reads took 0.6 s; the loop kept ticking
+
+
+def test_remote_fetches_do_not_block_the_loop(server: RangeServer) -> None:
+    server.latency = 0.4
+    afs = netcache.AsyncNetCacheFileSystem(http_fs(False, readahead=False, check_interval=None))
+    url = f"{server.url}/small.bin"
+    data = server._files["/small.bin"].data
+
+    async def both() -> list[Any]:
+        return await asyncio.gather(afs._cat_file(url), afs._cat_ranges([url], [3], [9]))
+
+    (whole, ranges), stall = run(lambda: longest_stall(both()))
+    assert whole == data and ranges == [data[3:9]]
+    assert stall < 0.2
+
+
+def test_writes_and_errors_on_the_async_path(server: RangeServer, cache_dir: str) -> None:
+    target = netcache.NetCacheFileSystem(target_protocol="memory", cache_dir=cache_dir,
+                                         block_size=BS, check_interval=None)  # fmt: skip
+    afs = netcache.AsyncNetCacheFileSystem(target)
+    target.fs.pipe_file("/a/x.bin", b"old" * 1000)
+
+    async def main() -> None:
+        assert await afs._cat_file("/a/x.bin", 0, 6) == b"oldold"
+        await afs._pipe_file("/a/x.bin", b"new" * 1000)  # through netcache: invalidates
+        assert await afs._cat_file("/a/x.bin", 0, 6) == b"newnew"
+        assert await afs._exists("/a/x.bin") and await afs._isfile("/a/x.bin")
+        assert not await afs._exists("/a/missing.bin")
+        assert await afs._size("/a/x.bin") == 3000
+        got = await afs._cat_ranges(["/a/x.bin", "/a/missing.bin"], [0, 0], [3, 3])
+        assert got[0] == b"new" and isinstance(got[1], FileNotFoundError)
+        with pytest.raises(FileNotFoundError):
+            await afs._cat_file("/a/missing.bin")
+        assert [p.rsplit("/", 1)[-1] for p in await afs._find("/a")] == ["x.bin"]
+        await afs._rm_file("/a/x.bin")
+        assert not await afs._exists("/a/x.bin")
+
+    run(main)
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(TypeError, match="fs must be a NetCacheFileSystem"):
+        netcache.AsyncNetCacheFileSystem(fs=object())  # type: ignore[arg-type]
+    fs = netcache.NetCacheFileSystem(target_protocol="memory", cache_dir=False)
+    with pytest.raises(TypeError, match="not both"):
+        netcache.AsyncNetCacheFileSystem(fs, block_size=BS)
