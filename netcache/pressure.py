@@ -6,8 +6,10 @@ import heapq
 import logging
 import os
 import resource
+import sys
 import threading
 import time
+import uuid
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -164,6 +166,23 @@ class MemoryPressureMonitor:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self.autostart = autostart
+        # Pickles (for Dask) travel as this token and the settings: one monitor per token
+        # per process, so unpickling in the process that made it gives back this one.
+        self._token = uuid.uuid4().hex
+        with _by_token_lock:
+            _by_token[self._token] = self
+
+    def settings(self) -> dict[str, Any]:
+        """The constructor arguments that rebuild this monitor elsewhere."""
+        return {
+            "limit": self.limit, "moderate": self.moderate, "high": self.high,
+            "critical": self.critical, "target": self.target, "hysteresis": self.hysteresis,
+            "available_floor": self.available_floor, "interval": self.interval,
+            "probe": self.probe, "autostart": self.autostart,
+        }  # fmt: skip
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_monitor_for, (self._token, self.settings()))
 
     # -- registration and the thread ---------------------------------------------------------
 
@@ -303,18 +322,45 @@ _default: MemoryPressureMonitor | None = None
 _default_lock = threading.Lock()
 
 
+_by_token: weakref.WeakValueDictionary[str, MemoryPressureMonitor] = weakref.WeakValueDictionary()
+_by_token_lock = threading.Lock()
+
+
+def _monitor_for(token: str, settings: dict[str, Any]) -> MemoryPressureMonitor:
+    """Unpickling: the monitor of ``token`` in this process, made from ``settings`` once."""
+    with _by_token_lock:
+        monitor = _by_token.get(token)
+    if monitor is None:
+        monitor = MemoryPressureMonitor(**settings)
+        with _by_token_lock:
+            monitor = _by_token.setdefault(token, monitor)
+            monitor._token = token
+    return monitor
+
+
 def default_monitor() -> MemoryPressureMonitor:
     """The process-wide monitor every cache registers with unless told otherwise."""
     global _default
     with _default_lock:
         if _default is None:
-            _default = MemoryPressureMonitor()
+            _default = MemoryPressureMonitor(**_environment_settings())
         return _default
 
 
+def _environment_settings() -> dict[str, Any]:
+    """Inside a Dask worker: its memory limit, and thresholds below its spill threshold."""
+    if "distributed" not in sys.modules:
+        return {}
+    from netcache.dask import current_worker, monitor_settings
+
+    worker = current_worker()
+    return monitor_settings(worker) if worker is not None else {}
+
+
 def _after_fork_in_child() -> None:
-    global _default, _default_lock
+    global _default, _default_lock, _by_token_lock
     _default_lock = threading.Lock()
+    _by_token_lock = threading.Lock()
     if _default is not None:
         _default.reset_after_fork()
 

@@ -105,6 +105,14 @@ class Backend(ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources; the default holds none."""
 
+    def __reduce__(self) -> Any:
+        # A backend holds open state (locks, an index) that means nothing in another
+        # process; a filesystem sent to Dask workers names its folder instead.
+        raise TypeError(
+            f"a {type(self).__name__} instance cannot be pickled; to send a "
+            "NetCacheFileSystem to other processes (Dask workers), give cache_dir as a path"
+        )
+
 
 # A page file: fixed header, then the page's bytes. The header names the page it holds
 # so a file in the wrong place is caught like a corrupt one. The checksum is CRC32C,
