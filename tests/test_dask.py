@@ -105,7 +105,7 @@ def parts() -> list[Any]:
                 "i": np.arange(k * 20_000, (k + 1) * 20_000),
                 "v": np.random.default_rng(k).random(20_000),
             }
-        )  # fmt: skip
+        )
         for k in range(PARTS)
     ]
 
