@@ -10,6 +10,7 @@ from typing import Any
 
 import fsspec
 from fsspec import AbstractFileSystem
+from fsspec.callbacks import DEFAULT_CALLBACK, Callback
 from fsspec.implementations.chained import ChainedFileSystem
 from fsspec.spec import AbstractBufferedFile
 
@@ -36,6 +37,9 @@ from netcache.sizes import parse_size
 from netcache.stats import StatsSnapshot
 
 DEFAULT_READAHEAD = 32 << 20
+# Longest prefetch waits for the disk tier between chunks; a stalled disk slows a
+# prefetch down, it never stops it.
+_PREFETCH_STORE_WAIT = 10.0
 
 # Options fsspec itself may hand any filesystem; accepted and passed to the base class.
 _FSSPEC_OPTIONS = frozenset(
@@ -210,6 +214,36 @@ class NetCacheFileSystem(ChainedFileSystem):
     def read_pages(self, cookie: FileCookie, start: int, end: int) -> bytes:
         """Bytes ``[start, end)`` of one pinned version of a file."""
         return self.context.fetcher.read(self.fs, cookie, start, end, self._verify)
+
+    def prefetch(self, paths: str | list[str], callback: Callback = DEFAULT_CALLBACK) -> int:
+        """Fetch every page of ``paths`` (files, or folders: all files under them) into the
+        cache ahead of a job; returns the bytes covered. Progress goes to ``callback``
+        (an ``fsspec.callbacks.Callback``: ``TqdmCallback()`` shows a bar), in bytes.
+
+        Pages already cached are not fetched again. With a disk tier every page lands on
+        disk: prefetch waits for write-back to keep up rather than let pages be dropped
+        from memory unstored. Without one, what fits in ``memory_limit`` stays."""
+        files: list[str] = []
+        for path in [paths] if isinstance(paths, str) else list(paths):
+            files.extend(self.find(path) if self.isdir(path) else [path])
+        cookies = [self._cookie(self._target_path(p)) for p in files]
+        total = sum(c.size or 0 for c in cookies)
+        callback.set_size(total)
+        # Chunks small enough for the write-back queue, and a wait for room before each,
+        # so that no store is refused and no page is evicted unstored.
+        writeback = self.context.writeback
+        bs = self.config.block_size
+        room = writeback.max_pending_bytes if writeback is not None else READAHEAD_CHUNK_BYTES
+        step = max(1, min(READAHEAD_CHUNK_BYTES, room // 2) // bs) * bs
+        for cookie in cookies:
+            size = cookie.size or 0
+            for lo in range(0, size, step):
+                hi = min(lo + step, size)
+                if writeback is not None:
+                    writeback.wait_below(max(0, room - step), _PREFETCH_STORE_WAIT)
+                self.read_pages(cookie, lo, hi)
+                callback.relative_update(hi - lo)
+        return total
 
     def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
         """The target's ``info``, answered from cached metadata within ``check_interval``

@@ -9,8 +9,10 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import threading
 from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
 
@@ -171,6 +173,10 @@ class StatsSnapshot:
             for key, value in dataclasses.asdict(group).items()
         }
 
+    def to_prometheus(self, labels: Mapping[str, str] | None = None) -> str:
+        """The counters in the Prometheus text format (see :func:`prometheus_text`)."""
+        return prometheus_text([(labels or {}, self.as_dict())])
+
     def __str__(self) -> str:
         lines = []
         for group in self.groups().values():
@@ -186,6 +192,53 @@ _GROUP_TYPES: dict[str, type] = {
 COUNTER_NAMES: tuple[str, ...] = tuple(
     f"{name}.{f.name}" for name, cls in _GROUP_TYPES.items() for f in dataclasses.fields(cls)
 )
+
+
+# Levels and sizes now; every other name only ever grows.
+GAUGES = frozenset(
+    {
+        "pages.n", "pages.bytes", "pages.limit", "stores.pend", "disk.used", "disk.limit",
+        "disk.pages", "pressure.level", "pressure.last_us", "pressure.max_us",
+    }
+)  # fmt: skip
+
+
+def prometheus_text(
+    series: Iterable[tuple[Mapping[str, str], Mapping[str, int]]], prefix: str = "netcache"
+) -> str:
+    """Render flat counters (``StatsSnapshot.as_dict()``, or one worker's entry of
+    ``netcache.dask.cluster_stats``) in the Prometheus text exposition format, one sample
+    per ``(labels, counters)`` pair, e.g. ``[({"cache": "s3"}, snap.as_dict())]``.
+    Counters get the ``_total`` suffix; gauges (``GAUGES``) do not."""
+    series = list(series)
+    names = sorted({name for _, counters in series for name in counters})
+    lines: list[str] = []
+    for name in names:
+        group, field = name.split(".", 1)
+        kind = "gauge" if name in GAUGES else "counter"
+        metric = f"{prefix}_{group}_{field}" + ("_total" if kind == "counter" else "")
+        doc = (_GROUP_TYPES[group].__doc__ or group).strip().splitlines()[0]
+        lines.append(f"# HELP {metric} {_GROUP_TYPES[group].label} {field}: {doc}")
+        lines.append(f"# TYPE {metric} {kind}")
+        for labels, counters in series:
+            if name in counters:
+                lines.append(f"{metric}{_labels(labels)} {int(counters[name])}")
+    return "\n".join(lines) + "\n"
+
+
+def _labels(labels: Mapping[str, str]) -> str:
+    if not labels:
+        return ""
+    parts = []
+    for key, value in sorted(labels.items()):
+        if not _LABEL_NAME.fullmatch(key):
+            raise ValueError(f"label name {key!r} must match {_LABEL_NAME.pattern}")
+        text = str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        parts.append(f'{key}="{text}"')
+    return "{" + ",".join(parts) + "}"
+
+
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 
 
 class Counters:

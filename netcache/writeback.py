@@ -131,6 +131,18 @@ class WritebackQueue:
             self._doomed.update(p for p in self._storing if doomed(p.key))
             self._cond.notify_all()
 
+    def wait_below(self, nbytes: int, timeout: float) -> bool:
+        """Wait until at most ``nbytes`` are queued or being stored (each store ends, so
+        the backlog shrinks); False if ``timeout`` ran out first."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._pending_bytes > nbytes:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+        return True
+
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until nothing is queued or being stored; False if ``timeout`` ran out.
 
