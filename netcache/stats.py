@@ -11,8 +11,8 @@ from __future__ import annotations
 import dataclasses
 import re
 import threading
-from dataclasses import dataclass
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 

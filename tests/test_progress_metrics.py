@@ -7,7 +7,7 @@ from typing import Any
 
 import fsspec
 import pytest
-from conftest import BS, MiB, GatedBackend, http_fs, payload
+from conftest import BS, GatedBackend, MiB, http_fs, payload
 from fsspec.callbacks import Callback
 
 import netcache
