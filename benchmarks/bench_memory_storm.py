@@ -22,6 +22,7 @@ import sys
 import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 MiB = 1 << 20
@@ -85,11 +86,14 @@ def child(opts: argparse.Namespace) -> None:
         monitor.limit = limit
         monitor.start()
     samples: list[tuple[float, int, bool]] = []
+    reclaimed: list[int] = []  # netcache's bytes reclaimed under pressure, per sample
     holding = [False]
 
     def sampler() -> None:
         while not stop.is_set():
             samples.append((time.perf_counter(), proc.memory_info().rss, holding[0]))
+            if monitor is not None:
+                reclaimed.append(monitor.gauges().get("pressure.rbytes", 0))
             time.sleep(0.01)
 
     def storm(seconds: float) -> None:
@@ -118,6 +122,10 @@ def child(opts: argparse.Namespace) -> None:
             latencies.append((t - over) * 1000)
             over, settled = None, True
     stats = fs.stats().as_dict() if opts.cache == "netcache" else {}
+    t0 = samples[0][0] if samples else 0.0
+    reclaims = [samples[i][0] - t0 for i in range(1, len(reclaimed))
+                if reclaimed[i] > reclaimed[i - 1]]  # fmt: skip
+    fractions = {"moderate": 0.80, "high": 0.90, "critical": 0.95, "target": 0.70}
     print(json.dumps({
         "calm": calm, "storm": stormy, "hangs": hung_calm + hung_storm,
         "peak_over_mib": max(0, max(r for _, r, _ in samples) - limit) / MiB,
@@ -126,6 +134,9 @@ def child(opts: argparse.Namespace) -> None:
                         if held and (i == 0 or not samples[i - 1][2])),
         "vmscan": {k.split(".")[1]: v for k, v in stats.items() if k.startswith("vmscan.")},
         "rbytes_mib": stats.get("pressure.rbytes", 0) / MiB,
+        "timeline": [(t - t0, rss, held) for t, rss, held in samples],
+        "thresholds": {"limit": limit, **{k: f * limit for k, f in fractions.items()}},
+        "reclaims": reclaims,
     }))  # fmt: skip
     if monitor is not None:
         monitor.stop()
@@ -187,6 +198,13 @@ def main() -> None:
         print(f"| {cache} | {med('calm'):,.0f} | {med('storm'):,.0f} | "
               f"{med('storm') / med('calm'):.2f} | {med('peak_over_mib'):,.0f} | {p50} | "
               f"{mx} | {under} | {hangs} | {med('rbytes_mib'):,.0f} | {vms} |")  # fmt: skip
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from charts import storm_chart
+
+    results = Path(__file__).resolve().parent / "results"
+    results.mkdir(exist_ok=True)
+    written = storm_chart({c: rs[-1] for c, rs in runs.items()}, results / "memory_storm.png")
+    print(f"\nchart: {written}" if written else "\nchart skipped: pip install netcache[plot]")
 
 
 if __name__ == "__main__":

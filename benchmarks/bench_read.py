@@ -1,14 +1,22 @@
 """netcache against fsspec's caches on the same workloads, in the same run.
 
 A local HTTP server runs in another process (``python -m netcache.httpserver``) with a
-256 MiB file and 200 files of 1 MiB, optionally adding latency to every request. Each
-(cache, workload, latency) runs in a fresh process that reads cold, then warm; a second
-fresh process then reads again through the same cache folder ("new process"). Reported:
-MiB/s, server requests, bytes on the wire, and the process's peak RSS, each the median
-of ``--repeat`` runs, with ratios against netcache in the same run.
+256 MiB file and 200 files of 1 MiB, adding latency to every request (0 and 20 ms). Each
+(cache, workload, latency) runs in a fresh process that reads cold, then warm; the cache
+folder's files are then pushed out of the OS page cache (``fsync`` and
+``posix_fadvise(DONTNEED)`` on each, nothing machine-wide), their raw read speed is
+measured, and a second fresh process reads again ("new process from disk").
 
-    python benchmarks/bench_read.py              # full run (several minutes)
-    python benchmarks/bench_read.py --quick      # 64 MiB file, 1 repeat, a minute
+Peers: plain fsspec HTTP, ``blockcache``, ``simplecache``, and the ``background`` and
+``adaptive`` read-ahead caches of fsspec's HTTP files. netcache also runs without a disk
+tier (the cost of write-back) and with ``memory_limit="64MiB"`` (peak RSS while
+streaming). Reported: MiB/s, requests, bytes on the wire, peak RSS over the interpreter's
+baseline, each the median of ``--repeat`` runs, and netcache's ratio to each peer and to
+the best peer, measured in the same run. Charts go to ``benchmarks/results/`` when
+matplotlib is installed (``pip install netcache[plot]``).
+
+    python benchmarks/bench_read.py              # full run (about half an hour here)
+    python benchmarks/bench_read.py --quick      # 64 MiB file, 1 repeat, a few minutes
 """
 
 from __future__ import annotations
@@ -25,43 +33,78 @@ import sys
 import tempfile
 import time
 import urllib.request
+from pathlib import Path
 from typing import Any
 
-CACHES = ["netcache", "plain", "blockcache", "simplecache"]
 MiB = 1 << 20
+ALL = ("seq", "random", "small", "ranges")
+# cache -> the workloads it runs. background/adaptive are file read-ahead modes: they do
+# nothing for cat_ranges, so they are not asked.
+CACHES: dict[str, tuple[str, ...]] = {
+    "netcache": ALL,
+    "netcache, no disk tier": ("seq", "small"),
+    "netcache, 64 MiB": ("seq",),
+    "plain": ALL,
+    "blockcache": ALL,
+    "simplecache": ALL,
+    "background": ("seq", "random", "small"),
+    "adaptive": ("seq", "random", "small"),
+}
+PEERS = ("plain", "blockcache", "simplecache", "background", "adaptive")
+LABELS = {
+    "seq": "sequential 1 MiB reads",
+    "random": "{random} random 64 KiB reads",
+    "small": "{small} files of 1 MiB",
+    "ranges": "cat_ranges: {ranges} ranges of 256 KiB",
+}
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def make_fs(cache: str, folder: str) -> Any:
+def make_fs(cache: str, folder: str) -> tuple[Any, dict[str, Any]]:
+    """The filesystem, and the arguments its ``open`` takes."""
     import fsspec
 
-    if cache == "plain":
-        return fsspec.filesystem("http", skip_instance_cache=True)
+    if cache in ("plain", "background", "adaptive"):
+        fs = fsspec.filesystem("http", skip_instance_cache=True)
+        return fs, ({} if cache == "plain" else {"cache_type": cache})
     if cache in ("blockcache", "simplecache"):
         return fsspec.filesystem(cache, target_protocol="http", cache_storage=folder,
-                                 skip_instance_cache=True)  # fmt: skip
+                                 skip_instance_cache=True), {}  # fmt: skip
     import netcache
 
-    return netcache.NetCacheFileSystem(target_protocol="http", cache_dir=folder,
-                                       check_interval=None)  # fmt: skip
+    options: dict[str, Any] = {"cache_dir": folder, "check_interval": None}
+    if cache == "netcache, no disk tier":
+        options["cache_dir"] = False
+    if cache == "netcache, 64 MiB":
+        options["memory_limit"] = "64MiB"
+    return netcache.NetCacheFileSystem(target_protocol="http", **options), {}
 
 
-def run_workload(fs: Any, workload: str, url: str, nsmall: int, nrandom: int) -> int:
+def run_workload(fs: Any, open_args: dict[str, Any], workload: str, url: str,
+                 opts: argparse.Namespace) -> int:  # fmt: skip
     """Do the reads; return the bytes read."""
     total = 0
+    big = f"{url}/big.bin"
     if workload == "seq":
-        with fs.open(f"{url}/big.bin", "rb") as f:
+        with fs.open(big, "rb", **open_args) as f:
             while chunk := f.read(MiB):
                 total += len(chunk)
     elif workload == "random":
         rng = random.Random(42)
-        size = fs.size(f"{url}/big.bin")
-        with fs.open(f"{url}/big.bin", "rb") as f:
-            for _ in range(nrandom):
+        size = fs.size(big)
+        with fs.open(big, "rb", **open_args) as f:
+            for _ in range(opts.random):
                 f.seek(rng.randrange(size - 65536))
                 total += len(f.read(65536))
+    elif workload == "ranges":
+        rng = random.Random(7)
+        size = fs.size(big)
+        starts = sorted(rng.randrange(size - 256 * 1024) for _ in range(opts.ranges))
+        ends = [s + 256 * 1024 for s in starts]
+        total = sum(map(len, fs.cat_ranges([big] * len(starts), starts, ends)))
     else:
-        for i in range(nsmall):
-            with fs.open(f"{url}/small/{i}.bin", "rb") as f:
+        for i in range(opts.small):
+            with fs.open(f"{url}/small/{i}.bin", "rb", **open_args) as f:
                 total += len(f.read())
     return total
 
@@ -71,20 +114,21 @@ def control(url: str, what: str) -> dict[str, int]:
         return json.loads(r.read())
 
 
-def child(args: argparse.Namespace) -> None:
+def child(opts: argparse.Namespace) -> None:
     """One process: the passes asked for, each measured on its own."""
-    fs = make_fs(args.cache, args.folder)
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    fs, open_args = make_fs(opts.cache, opts.folder)
     out = []
-    for phase in args.phases.split(","):
-        control(args.url, "reset")
+    for phase in opts.phases.split(","):
+        control(opts.url, "reset")
         started = time.perf_counter()
-        nbytes = run_workload(fs, args.workload, args.url, args.small, args.random)
+        nbytes = run_workload(fs, open_args, opts.workload, opts.url, opts)
         seconds = time.perf_counter() - started
-        counts = control(args.url, "stats")
+        counts = control(opts.url, "stats")
         out.append({"phase": phase, "seconds": seconds, "bytes": nbytes, **counts})
-    if args.cache == "netcache":
-        fs.flush(timeout=120)
+    if opts.cache.startswith("netcache"):
+        fs.flush(timeout=300)
+        out[-1]["nbf"] = fs.stats().stores.nbf
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(json.dumps({"passes": out, "peak_rss": peak, "baseline_rss": baseline}))
 
@@ -93,51 +137,134 @@ def spawn(cache: str, workload: str, url: str, folder: str, phases: str,
           opts: argparse.Namespace) -> dict[str, Any]:  # fmt: skip
     cmd = [sys.executable, __file__, "--child", "--cache", cache, "--workload", workload,
            "--url", url, "--folder", folder, "--phases", phases, "--small", str(opts.small),
-           "--random", str(opts.random)]  # fmt: skip
-    return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+           "--random", str(opts.random), "--ranges", str(opts.ranges)]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"{cache} {workload} {phases}: {done.stderr[-2000:]}")
+    return json.loads(done.stdout)
+
+
+def evict(folder: str) -> None:
+    """Push the folder's files out of the OS page cache (theirs only, nothing else)."""
+    for path in Path(folder).rglob("*"):
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
+def raw_read(folder: str) -> float:
+    """MiB/s of reading every file of the folder once, from disk (then evicted again)."""
+    evict(folder)
+    total, started = 0, time.perf_counter()
+    buf = bytearray(MiB)
+    for path in sorted(Path(folder).rglob("*")):
+        if path.is_file():
+            with open(path, "rb", buffering=0) as f:
+                while n := f.readinto(buf):
+                    total += n
+    seconds = time.perf_counter() - started
+    evict(folder)
+    return total / MiB / seconds if total else 0.0
 
 
 def measure(opts: argparse.Namespace, url: str, latency: float) -> dict[tuple, list]:
     control(url, f"latency/{latency}")
     results: dict[tuple, list] = {}
-    workloads = ["seq", "random", "small"]
     for _ in range(opts.repeat):
-        for workload in workloads:
-            for cache in CACHES:
-                folder = tempfile.mkdtemp(prefix=f"bench-{cache}-")
+        for workload in ALL:
+            for cache, workloads in CACHES.items():
+                if workload not in workloads or (opts.only and cache not in opts.only):
+                    continue
+                folder = tempfile.mkdtemp(prefix="bench-")
                 try:
                     first = spawn(cache, workload, url, folder, "cold,warm", opts)
-                    second = spawn(cache, workload, url, folder, "new process", opts)
+                    raw = raw_read(folder)
+                    second = spawn(cache, workload, url, folder, "new process from disk", opts)
                 finally:
                     shutil.rmtree(folder, ignore_errors=True)
-                for p in first["passes"] + second["passes"]:
-                    p["peak_rss"] = (first if p in first["passes"] else second)["peak_rss"]
-                    p["baseline_rss"] = first["baseline_rss"]
-                    results.setdefault((workload, p["phase"], cache), []).append(p)
+                for run in (first, second):
+                    for p in run["passes"]:
+                        p["rss_over_baseline"] = run["peak_rss"] - run["baseline_rss"]
+                        p["raw_disk"] = raw
+                        results.setdefault((workload, p["phase"], cache), []).append(p)
     return results
 
 
-def report(results: dict[tuple, list], latency: float, opts: argparse.Namespace) -> None:
-    print(f"\n### latency {latency * 1000:.0f} ms per request, median of {opts.repeat} run(s)\n")
-    print(
-        "| workload | pass | cache | MiB/s | netcache ÷ this | requests | MiB on wire "
-        "| peak RSS MiB |"
-    )
+def rate(run: dict[str, Any]) -> float:
+    return run["bytes"] / MiB / run["seconds"]
+
+
+def report(results: dict[tuple, list], latency: float, opts: argparse.Namespace) -> list[dict]:
+    """Print the tables; return the rows (for the charts and the summary)."""
+    ms = f"{latency * 1000:.0f} ms"
+    print(f"\n### {ms} per request, median of {opts.repeat} run(s)\n")
+    print("| workload | pass | cache | MiB/s | netcache ÷ this | requests | MiB on wire "
+          "| peak RSS over baseline, MiB |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|")
+    rows = []
     for (workload, phase, cache), runs in results.items():
-        rate = statistics.median(r["bytes"] / MiB / r["seconds"] for r in runs)
-        ours = statistics.median(
-            r["bytes"] / MiB / r["seconds"] for r in results[(workload, phase, "netcache")]
-        )
-        gets = statistics.median(r["gets"] + r["heads"] for r in runs)
-        wire = statistics.median(r["bytes_sent"] for r in runs) / MiB
-        rss = statistics.median(r["peak_rss"] for r in runs) / MiB
-        label = {"seq": "sequential 1 MiB reads", "random": f"{opts.random} random 64 KiB",
-                 "small": f"{opts.small} files of 1 MiB"}[workload]  # fmt: skip
-        ratio = "" if cache == "netcache" else f"{ours / rate:.2f}"
-        print(f"| {label} | {phase} | {cache} | {rate:,.0f} | {ratio} | {gets:.0f} | "
-              f"{wire:,.1f} | {rss:,.0f} |")  # fmt: skip
+        mine = results.get((workload, phase, "netcache"), runs)
+        row = {
+            "latency": ms, "workload": workload, "phase": phase, "cache": cache,
+            "rate": statistics.median(map(rate, runs)),
+            "requests": statistics.median(r["gets"] + r["heads"] for r in runs),
+            "wire": statistics.median(r["bytes_sent"] for r in runs) / MiB,
+            "read": statistics.median(r["bytes"] for r in runs) / MiB,
+            "rss": statistics.median(r["rss_over_baseline"] for r in runs) / MiB,
+            "raw_disk": statistics.median(r["raw_disk"] for r in runs),
+            # ratios run by run (same run), then the median
+            "ratio": statistics.median(rate(a) / rate(b) for a, b in zip(mine, runs)),
+        }  # fmt: skip
+        rows.append(row)
+        label = LABELS[workload].format(**vars(opts))
+        ratio = "" if cache == "netcache" else f"{row['ratio']:.2f}"
+        print(f"| {label} | {phase} | {cache} | {row['rate']:,.0f} | {ratio} | "
+              f"{row['requests']:.0f} | {row['wire']:,.1f} | {row['rss']:,.0f} |")  # fmt: skip
+    summary(results, rows, ms, opts)
     sys.stdout.flush()
+    return rows
+
+
+def summary(results: dict[tuple, list], rows: list[dict], ms: str,
+            opts: argparse.Namespace) -> None:  # fmt: skip
+    """netcache against the best peer of each (workload, pass), ratios from the same runs."""
+    print(f"\n#### netcache against the best peer, {ms}\n")
+    print("| workload | pass | netcache MiB/s | best peer | its MiB/s | netcache ÷ best "
+          "| wire ÷ read (netcache) |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
+    for row in rows:
+        if row["cache"] != "netcache":
+            continue
+        peers = [r for r in rows if r["cache"] in PEERS and r["workload"] == row["workload"]
+                 and r["phase"] == row["phase"]]  # fmt: skip
+        if not peers:
+            continue
+        best = max(peers, key=lambda r: r["rate"])
+        label = LABELS[row["workload"]].format(**vars(opts))
+        amp = row["wire"] / row["read"] if row["read"] else 0
+        print(f"| {label} | {row['phase']} | {row['rate']:,.0f} | {best['cache']} | "
+              f"{best['rate']:,.0f} | {best['ratio']:.2f} | {amp:.2f} |")  # fmt: skip
+    by = {(r["workload"], r["phase"], r["cache"]): r for r in rows}
+    extra = []
+    if ("seq", "cold", "netcache, no disk tier") in by:
+        mine = results[("seq", "cold", "netcache")]
+        mem = results[("seq", "cold", "netcache, no disk tier")]
+        cost = statistics.median(rate(a) / rate(b) for a, b in zip(mine, mem))
+        extra.append(f"- write-back cost: cold sequential with the disk tier = {cost:.2f} x "
+                     "without it (same runs)")  # fmt: skip
+    if ("seq", "cold", "netcache, 64 MiB") in by:
+        rss = max(by[("seq", p, "netcache, 64 MiB")]["rss"] for p in ("cold", "warm"))
+        extra.append(f"- peak RSS streaming with memory_limit=64MiB: baseline + {rss:.0f} MiB")
+    disk = by.get(("seq", "new process from disk", "netcache"))
+    if disk is not None:
+        extra.append(f"- new process from disk: {disk['rate']:,.0f} MiB/s, raw read of the "
+                     f"same folder {disk['raw_disk']:,.0f} MiB/s "
+                     f"({disk['rate'] / max(disk['raw_disk'], 1e-9):.0%})")  # fmt: skip
+    print("\n" + "\n".join(extra))
 
 
 def main() -> None:
@@ -152,20 +279,24 @@ def main() -> None:
     parser.add_argument("--phases", default="cold,warm")
     parser.add_argument("--small", type=int, default=200)
     parser.add_argument("--random", type=int, default=2000)
+    parser.add_argument("--ranges", type=int, default=100)
     parser.add_argument("--size-mib", type=int, default=256)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--latency-ms", default="0,20", help="comma-separated")
+    parser.add_argument("--only", type=lambda s: s.split(","), default=None,
+                        help="comma-separated caches to run (default: all)")  # fmt: skip
     parser.add_argument("--quick", action="store_true")
     opts = parser.parse_args()
     if opts.child:
         return child(opts)
     if opts.quick:
-        opts.size_mib, opts.repeat, opts.small = 64, 1, 50
+        opts.size_mib, opts.repeat, opts.small, opts.random = 64, 1, 50, 500
     server = subprocess.Popen(
         [sys.executable, "-m", "netcache.httpserver", "--size-mib", str(opts.size_mib),
          "--small-files", str(opts.small)],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
+    rows: list[dict] = []
     try:
         assert server.stdout is not None
         url = server.stdout.readline().strip()
@@ -176,10 +307,19 @@ def main() -> None:
             saved = opts.random
             if latency > 0:  # plain http would take minutes over 2,000 random reads
                 opts.random = min(opts.random, 200)
-            report(measure(opts, url, latency), latency, opts)
+            rows += report(measure(opts, url, latency), latency, opts)
             opts.random = saved
     finally:
         server.terminate()
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "bench_read.json").write_text(json.dumps(rows, indent=1))
+    try:
+        from charts import throughput_chart
+    except ImportError:  # run from elsewhere
+        sys.path.insert(0, str(Path(__file__).parent))
+        from charts import throughput_chart
+    written = throughput_chart(rows, RESULTS / "bench_read.png", LABELS, vars(opts))
+    print(f"\nchart: {written}" if written else "\nchart skipped: pip install netcache[plot]")
 
 
 if __name__ == "__main__":

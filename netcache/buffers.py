@@ -14,7 +14,8 @@ import functools
 import mmap
 from collections.abc import Callable
 
-PageBuffer = bytes | bytearray | mmap.mmap
+# memoryview: a page read from disk, in place in a mapping of its file
+PageBuffer = bytes | bytearray | mmap.mmap | memoryview
 
 # MAP_POPULATE faults the whole page in with the mmap call, which is cheaper than one
 # fault per 4 KiB on first write (about 20% faster fills here).

@@ -150,6 +150,8 @@ class PageFetcher:
         if not self.page_cache.admitting:
             return
         keys = [PageKey(cookie.file_id, cookie.version, i) for i in pages]
+        if self.backend is not None:  # pages on disk are read when needed, on the spot
+            keys = [key for key in keys if not self.backend.holds(key)]
         nbytes = len(keys) * self.block_size
         with self._ra_lock:
             # in flight: network buffers and their page copies, outside the memory budget
@@ -252,7 +254,7 @@ class PageFetcher:
             return False
         if data is None:
             return False
-        page = Page(key, data if isinstance(data, mmap.mmap) else page_buffer(data))
+        page = Page(key, data if isinstance(data, (mmap.mmap, memoryview)) else page_buffer(data))
         page.state = StoreState.STORED
         self._counters.add("retrievals.disk")
         self.page_cache.complete(page, future)

@@ -128,6 +128,10 @@ class RangeServer:
 class _QuietServer(ThreadingHTTPServer):
     """Clients that hang up mid-answer (timeouts, closed files) are normal here."""
 
+    # socketserver's default backlog of 5 drops the SYNs of a client opening many
+    # connections at once (aiohttp opens up to 100), which then wait 1 s to retry.
+    request_queue_size = 1024
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         if not isinstance(sys.exc_info()[1], ConnectionError):
             super().handle_error(request, client_address)

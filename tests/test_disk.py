@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import threading
 
 import fsspec
 import pytest
@@ -268,3 +269,58 @@ def test_metadata_written_once_per_version_not_per_check(server: RangeServer,
     server.put("small.bin", payload(1000, 77))  # a new version is written down
     assert fs.cat_file(url) == payload(1000, 77)
     assert os.stat(metas[0]).st_ino != inode
+
+
+def test_pages_read_from_disk_are_mappings_of_their_files(
+    server: RangeServer, cache_dir: str
+) -> None:
+    url = f"{server.url}/big.bin"
+    data = server._files["/big.bin"].data
+    fs = http_fs(cache_dir, check_interval=None)
+    assert fs.cat_file(url) == data and fs.flush(30)
+    fs = _reopen(cache_dir)
+    assert fs.cat_file(url, 0, 3 * BS) == data[: 3 * BS]
+    cookie = fs._cookie(url)
+    page = fs.context.page_cache.lookup_resident([netcache.page.PageKey(cookie.file_id,
+                                                 cookie.version, 1)])[0]  # fmt: skip
+    assert isinstance(page.data, memoryview) and len(page.data) == BS
+    # netcache replaces (rename) and culls (unlink), never rewrites a file in place: a
+    # mapped page keeps its bytes whatever happens to its file
+    victim = page_files(cache_dir)[1]
+    replacement = victim + ".new"
+    with open(replacement, "wb") as f:
+        f.write(b"\0" * os.path.getsize(victim))
+    os.replace(replacement, victim)
+    os.unlink(page_files(cache_dir)[0])
+    assert fs.cat_file(url, 0, 3 * BS) == data[: 3 * BS]
+
+
+def test_readahead_fetches_only_what_the_disk_tier_lacks(
+    server: RangeServer, cache_dir: str
+) -> None:
+    url = f"{server.url}/big.bin"
+    data = server._files["/big.bin"].data
+    half = (len(data) // BS // 2) * BS
+    fs = http_fs(cache_dir, check_interval=None)
+    assert fs.cat_file(url, 0, half) == data[:half] and fs.flush(30)
+    fs = _reopen(cache_dir)
+    backend = fs.context.backend
+    loaders: list[str] = []
+    load = backend.load_page
+
+    def recording(key: netcache.page.PageKey) -> object:
+        page = load(key)
+        if page is not None:
+            loaders.append(threading.current_thread().name)
+        return page
+
+    backend.load_page = recording  # type: ignore[method-assign]
+    server.reset_counts()
+    with fs.open(url) as f:
+        got = b"".join(iter(lambda: f.read(100_000), b""))
+    assert got == data
+    st = fs.stats()
+    assert st.retrievals.disk == half // BS  # on disk: read when needed, not re-fetched
+    assert server.bytes_sent == len(data) - half  # read-ahead fetched only the rest
+    # pages on disk were read by the reader itself: a thread hop costs more than the read
+    assert len(loaders) == half // BS and not [n for n in loaders if "readahead" in n]

@@ -102,6 +102,12 @@ class Backend(ABC):
     @abstractmethod
     def usage(self) -> DiskUsage: ...
 
+    def holds(self, key: PageKey) -> bool:
+        """Whether the page is (as far as this process knows) on disk: a cheap look at an
+        in-memory index, no I/O. Read-ahead skips such pages (reading them when needed
+        costs less than a thread hop); False when unsure, which only costs that hop."""
+        return False
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources; the default holds none."""
 

@@ -57,6 +57,10 @@ class MappingBackend(Backend):
         for culled, _ in self._index.take_culled():
             self.mapping.pop(culled, None)
 
+    def holds(self, key: PageKey) -> bool:
+        with self._lock:
+            return self._name(key) in self._index
+
     def load_page(self, key: PageKey) -> bytes | None:
         name = self._name(key)
         with self._lock:
