@@ -217,7 +217,7 @@ def report(results: dict[tuple, list], latency: float, opts: argparse.Namespace)
             "rss": statistics.median(r["rss_over_baseline"] for r in runs) / MiB,
             "raw_disk": statistics.median(r["raw_disk"] for r in runs),
             # ratios run by run (same run), then the median
-            "ratio": statistics.median(rate(a) / rate(b) for a, b in zip(mine, runs)),
+            "ratio": statistics.median(rate(a) / rate(b) for a, b in zip(mine, runs, strict=False)),
         }  # fmt: skip
         rows.append(row)
         label = LABELS[workload].format(**vars(opts))
@@ -253,7 +253,7 @@ def summary(results: dict[tuple, list], rows: list[dict], ms: str,
     if ("seq", "cold", "netcache, no disk tier") in by:
         mine = results[("seq", "cold", "netcache")]
         mem = results[("seq", "cold", "netcache, no disk tier")]
-        cost = statistics.median(rate(a) / rate(b) for a, b in zip(mine, mem))
+        cost = statistics.median(rate(a) / rate(b) for a, b in zip(mine, mem, strict=False))
         extra.append(f"- write-back cost: cold sequential with the disk tier = {cost:.2f} x "
                      "without it (same runs)")  # fmt: skip
     if ("seq", "cold", "netcache, 64 MiB") in by:

@@ -40,8 +40,8 @@ def throughput_chart(
                              squeeze=False)  # fmt: skip
     for ax, latency in zip(axes[:, 0], latencies, strict=True):
         mine = [r for r in rows if r["latency"] == latency and r["cache"] in COLORS]
-        groups = sorted({(r["workload"], r["phase"]) for r in mine},
-                        key=lambda g: (list(labels).index(g[0]), list(PHASES).index(g[1])))  # fmt: skip
+        order = {(w, p): (i, j) for i, w in enumerate(labels) for j, p in enumerate(PHASES)}
+        groups = sorted({(r["workload"], r["phase"]) for r in mine}, key=order.__getitem__)
         caches = [c for c in COLORS if any(r["cache"] == c for r in mine)]
         width = 0.8 / len(caches)
         for i, cache in enumerate(caches):
