@@ -42,8 +42,8 @@ ALL = ("seq", "random", "small", "ranges")
 # nothing for cat_ranges, so they are not asked.
 CACHES: dict[str, tuple[str, ...]] = {
     "netcache": ALL,
-    "netcache, no disk tier": ("seq", "small"),
-    "netcache, 64 MiB": ("seq",),
+    "netcache (no disk tier)": ("seq", "small"),
+    "netcache (64 MiB)": ("seq",),
     "plain": ALL,
     "blockcache": ALL,
     "simplecache": ALL,
@@ -73,9 +73,9 @@ def make_fs(cache: str, folder: str) -> tuple[Any, dict[str, Any]]:
     import netcache
 
     options: dict[str, Any] = {"cache_dir": folder, "check_interval": None}
-    if cache == "netcache, no disk tier":
+    if cache == "netcache (no disk tier)":
         options["cache_dir"] = False
-    if cache == "netcache, 64 MiB":
+    if cache == "netcache (64 MiB)":
         options["memory_limit"] = "64MiB"
     return netcache.NetCacheFileSystem(target_protocol="http", **options), {}
 
@@ -116,8 +116,9 @@ def control(url: str, what: str) -> dict[str, int]:
 
 def child(opts: argparse.Namespace) -> None:
     """One process: the passes asked for, each measured on its own."""
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     fs, open_args = make_fs(opts.cache, opts.folder)
+    # the baseline includes the libraries (fsspec, aiohttp, ...) every peer imports too
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     out = []
     for phase in opts.phases.split(","):
         control(opts.url, "reset")
@@ -250,14 +251,14 @@ def summary(results: dict[tuple, list], rows: list[dict], ms: str,
               f"{best['rate']:,.0f} | {best['ratio']:.2f} | {amp:.2f} |")  # fmt: skip
     by = {(r["workload"], r["phase"], r["cache"]): r for r in rows}
     extra = []
-    if ("seq", "cold", "netcache, no disk tier") in by:
+    if ("seq", "cold", "netcache (no disk tier)") in by:
         mine = results[("seq", "cold", "netcache")]
-        mem = results[("seq", "cold", "netcache, no disk tier")]
+        mem = results[("seq", "cold", "netcache (no disk tier)")]
         cost = statistics.median(rate(a) / rate(b) for a, b in zip(mine, mem, strict=False))
         extra.append(f"- write-back cost: cold sequential with the disk tier = {cost:.2f} x "
                      "without it (same runs)")  # fmt: skip
-    if ("seq", "cold", "netcache, 64 MiB") in by:
-        rss = max(by[("seq", p, "netcache, 64 MiB")]["rss"] for p in ("cold", "warm"))
+    if ("seq", "cold", "netcache (64 MiB)") in by:
+        rss = max(by[("seq", p, "netcache (64 MiB)")]["rss"] for p in ("cold", "warm"))
         extra.append(f"- peak RSS streaming with memory_limit=64MiB: baseline + {rss:.0f} MiB")
     disk = by.get(("seq", "new process from disk", "netcache"))
     if disk is not None:

@@ -69,8 +69,10 @@ def monitor_settings(worker: Any) -> dict[str, Any]:
 def process_stats() -> dict[str, int]:
     """Every cache of this process summed (pressure counters, which caches sharing one
     monitor all report, are taken once)."""
+    with registry.lock:
+        contexts = list(registry.contexts.values())
     total: dict[str, int] = {}
-    for context in list(registry.contexts.values()):
+    for context in contexts:
         for name, value in context.stats().as_dict().items():
             if name.startswith("pressure."):
                 total[name] = max(total.get(name, 0), value)

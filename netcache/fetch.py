@@ -28,7 +28,7 @@ Range = tuple[FileCookie, int, int]
 #: reach about twice the rate of 1 MiB ones at 20 ms latency).
 READAHEAD_WORKERS = 8
 READAHEAD_CHUNK_BYTES = 4 << 20
-#: Read-ahead bytes in flight at once, per cache, at most (and a quarter of its memory
+#: Read-ahead bytes in flight at once, per cache, at most (and an eighth of its memory
 #: budget at most).
 READAHEAD_MAX_INFLIGHT = 64 << 20
 
@@ -155,7 +155,7 @@ class PageFetcher:
         nbytes = len(keys) * self.block_size
         with self._ra_lock:
             # in flight: network buffers and their page copies, outside the memory budget
-            if self._ra_bytes + nbytes > min(READAHEAD_MAX_INFLIGHT, self.page_cache.limit // 4):
+            if self._ra_bytes + nbytes > min(READAHEAD_MAX_INFLIGHT, self.page_cache.limit // 8):
                 return
             self._ra_bytes += nbytes
             if self._pool is None:
@@ -163,7 +163,10 @@ class PageFetcher:
             pool = self._pool
         claimed = self.page_cache.claim_missing(keys)
         items = list(claimed.items())
-        step = max(1, READAHEAD_CHUNK_BYTES // self.block_size)
+        # Each request's answer sits in memory up to three times (the client's chunks, their
+        # join, the page copies), outside the budget: small budgets get smaller requests.
+        chunk = min(READAHEAD_CHUNK_BYTES, self.page_cache.limit // 32)
+        step = max(1, chunk // self.block_size)
         for i in range(0, len(items), step):
             chunk = dict(items[i : i + step])
             try:

@@ -182,6 +182,9 @@ class MemoryPressureMonitor:
         }  # fmt: skip
 
     def __reduce__(self) -> tuple[Any, ...]:
+        if self is _default:  # the receiving process's own default (a Dask worker's)
+            return (default_monitor, ())
+        # a custom probe travels too, so it must be picklable (a module-level function)
         return (_monitor_for, (self._token, self.settings()))
 
     # -- registration and the thread ---------------------------------------------------------

@@ -126,7 +126,11 @@ def _worker_view(dask_worker: Any) -> dict[str, Any]:
     import netcache.dask
 
     monitor = netcache.default_monitor()
+    with netcache.context.registry.lock:
+        contexts = list(netcache.context.registry.contexts.values())
     return {
+        "caches": len(contexts),
+        "own_monitor": all(c.config.memory_monitor is monitor for c in contexts),
         "found": netcache.dask.current_worker() is dask_worker,
         "limit": monitor.limit,
         "critical": monitor.critical,
@@ -157,6 +161,8 @@ def test_local_cluster_reads_parquet_through_one_disk_tier(
         assert len(views) == 2
         for view in views.values():
             assert view["found"] and view["spill"] == 0.5
+            # the caches the tasks built (or unpickled) use the worker's own monitor
+            assert view["caches"] >= 1 and view["own_monitor"]
             assert view["limit"] == view["worker_limit"] == 1 << 30
             assert view["critical"] < view["spill"]
 

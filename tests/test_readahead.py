@@ -4,6 +4,7 @@ that reaches a reader who does not need the page, off under critical pressure.""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 from conftest import BS, payload, wait_for
@@ -152,3 +153,37 @@ def test_a_reader_can_take_over_pages_another_claim_holds() -> None:
     assert pages is not None
     assert b"".join(bytes(pages[k].data) for k in keys) == data[: 2 * BS]
     assert fs.stats().pages.n == 0  # not admitted: the other claim is still the owner
+
+
+def test_readahead_in_flight_is_bounded_by_the_memory_budget() -> None:
+    """Answers in flight sit outside the budget: at most 1/8 of it, in requests of at most
+    1/32 of it (a 32-page budget: 4 pages in flight, one page per request)."""
+
+    class Slow(Memory):
+        def __init__(self) -> None:
+            super().__init__(skip_instance_cache=True)
+            self.now = self.most = 0
+
+        def cat_file(self, path, start=None, end=None, **kwargs):  # type: ignore[no-untyped-def]
+            ahead = threading.current_thread().name.startswith("netcache-readahead")
+            with self.lock:
+                self.now += (end - start) * ahead
+                self.most = max(self.most, self.now)
+            try:
+                if ahead:
+                    time.sleep(0.01)  # slow enough for requests to pile up
+                return super().cat_file(path, start, end, **kwargs)
+            finally:
+                with self.lock:
+                    self.now -= (end - start) * ahead
+
+    target = Slow()
+    data = payload(120 * BS, 4)
+    target.pipe_file("/ra/big", data)
+    fs = netcache.NetCacheFileSystem(fs=target, block_size=BS, check_interval=None,
+                                     cache_dir=False, memory_limit=32 * BS,
+                                     skip_instance_cache=True)  # fmt: skip
+    with fs.open("/ra/big") as f:
+        assert b"".join(iter(lambda: f.read(BS // 2), b"")) == data
+    assert 0 < target.most <= 4 * BS  # read ahead, but never more than 4 pages at once
+    assert max(end - start for start, end in target.requested) <= BS
