@@ -220,8 +220,8 @@ def report(results: dict[tuple, list], latency: float, opts: argparse.Namespace)
             # ratios run by run (same run), then the median
             "ratio": statistics.median(rate(a) / rate(b) for a, b in zip(mine, runs, strict=False)),
         }  # fmt: skip
+        label = row["label"] = LABELS[workload].format(**vars(opts))
         rows.append(row)
-        label = LABELS[workload].format(**vars(opts))
         ratio = "" if cache == "netcache" else f"{row['ratio']:.2f}"
         print(f"| {label} | {phase} | {cache} | {row['rate']:,.0f} | {ratio} | "
               f"{row['requests']:.0f} | {row['wire']:,.1f} | {row['rss']:,.0f} |")  # fmt: skip
@@ -268,6 +268,26 @@ def summary(results: dict[tuple, list], rows: list[dict], ms: str,
     print("\n" + "\n".join(extra))
 
 
+def wide_table(rows: list[dict], opts: dict[str, Any]) -> str:
+    """One line per (latency, workload, pass): MiB/s of netcache and every peer, and
+    netcache against the best peer (ratio of the same runs); the README's table."""
+    caches = ["netcache", *PEERS]
+    out = ["| latency | workload | pass | " + " | ".join(caches) + " | netcache ÷ best peer |",
+           "|---" * (len(caches) + 4) + "|"]  # fmt: skip
+    by = {(r["latency"], r["workload"], r["phase"], r["cache"]): r for r in rows}
+    for r in rows:
+        if r["cache"] != "netcache":
+            continue
+        key = (r["latency"], r["workload"], r["phase"])
+        peers = [by[(*key, c)] for c in PEERS if (*key, c) in by]
+        best = max(peers, key=lambda p: p["rate"])
+        cells = [f"{by[(*key, c)]['rate']:,.0f}" if (*key, c) in by else "-" for c in caches]
+        label = r.get("label") or LABELS[r["workload"]].format(**opts)
+        out.append(f"| {key[0]} | {label} | {key[2]} | " + " | ".join(cells)
+                   + f" | {best['ratio']:.2f} ({best['cache']}) |")  # fmt: skip
+    return "\n".join(out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -287,9 +307,13 @@ def main() -> None:
     parser.add_argument("--only", type=lambda s: s.split(","), default=None,
                         help="comma-separated caches to run (default: all)")  # fmt: skip
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--table-from", help="print the README table of a results JSON")
     opts = parser.parse_args()
     if opts.child:
         return child(opts)
+    if opts.table_from:
+        print(wide_table(json.loads(Path(opts.table_from).read_text()), vars(opts)))
+        return None
     if opts.quick:
         opts.size_mib, opts.repeat, opts.small, opts.random = 64, 1, 50, 500
     server = subprocess.Popen(
