@@ -40,7 +40,7 @@ class Page:
     ``fscache_maybe_release_page`` does.
     """
 
-    __slots__ = ("atime", "data", "key", "state")
+    __slots__ = ("__weakref__", "atime", "data", "key", "state")
 
     def __init__(self, key: PageKey, data: PageBuffer) -> None:
         self.key = key

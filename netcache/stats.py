@@ -53,8 +53,8 @@ class StoreStats:
     """Write-back to the disk tier, with the kernel's names.
 
     ``n``: store requests; ``ok``: queued; ``agn``: already queued or stored;
-    ``nbf``: refused because the queue was full; ``oom``: failed for lack of memory;
-    ``run``: stores a worker ran; ``pgs``: pages stored; ``err``: stores the disk tier
+    ``nbf``: queue full, so deferred (queued later if the page is still in memory, then
+    counted in ``ok``); ``oom``: failed for lack of memory; ``run``: stores a worker ran; ``pgs``: pages stored; ``err``: stores the disk tier
     failed; ``pend``: bytes queued or being stored now.
     """
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import OrderedDict
+import weakref
+from collections import OrderedDict, deque
 from collections.abc import Callable
 
 from netcache.backends.base import Backend
@@ -16,14 +17,21 @@ from netcache.warnonce import WarnOnce
 
 logger = logging.getLogger("netcache")
 
+#: Stores deferred for lack of room, remembered at most (weak references: 16 bytes each).
+_MAX_DEFERRED = 1 << 16
+
 
 class WritebackQueue:
     """A bounded FIFO of pages to store, served by worker threads.
 
     A page moves NONE -> PENDING (``submit``) -> STORING (a worker took it) -> STORED, or
     back to NONE when its store is cancelled, refused or fails. ``submit`` never blocks:
-    once ``max_pending_bytes`` are queued or being stored, further stores are refused
-    (counted as ``nbf``) and the page simply stays memory-only.
+    once ``max_pending_bytes`` are queued or being stored, a store is refused for now
+    (counted as ``nbf``) and the page is remembered by a weak reference: when there is
+    room again it is queued (counted in ``ok`` then), if it is still alive and unstored.
+    So a reader streaming faster than the disk leaves every page it keeps on disk in the
+    end, and the queue never pins more than ``max_pending_bytes``; a deferred page that
+    memory drops meanwhile is simply not stored.
 
     Locking: one condition variable guards the queue, every page's ``state`` and the
     pending byte count. Workers hold it only to take a page and to finish one, never
@@ -52,6 +60,7 @@ class WritebackQueue:
         # same key may be queued while the old one is still being stored.
         self._queue: OrderedDict[Page, None] = OrderedDict()
         self._pending_bytes = 0
+        self._deferred: deque[weakref.ref[Page]] = deque()
         self._storing: set[Page] = set()
         self._doomed: set[Page] = set()  # being stored, but their file was invalidated
         self._threads: list[threading.Thread] = []
@@ -68,15 +77,38 @@ class WritebackQueue:
                 return False
             if self._closed or self._pending_bytes + page.nbytes > self.max_pending_bytes:
                 self._counters.add_many({"stores.n": 1, "stores.nbf": 1})
+                if not self._closed and len(self._deferred) < _MAX_DEFERRED:
+                    self._deferred.append(weakref.ref(page))
                 return False
-            page.state = StoreState.PENDING
-            self._queue[page] = None
-            self._pending_bytes += page.nbytes
-            self._counters.add_many({"stores.n": 1, "stores.ok": 1})
+            self._enqueue(page)
+            self._counters.add("stores.n")
             if len(self._threads) < self.workers:
                 self._start_worker()
             self._cond.notify()
         return True
+
+    def _enqueue(self, page: Page) -> None:
+        """Queue a page in state NONE. Caller holds the lock."""
+        page.state = StoreState.PENDING
+        self._queue[page] = None
+        self._pending_bytes += page.nbytes
+        self._counters.add("stores.ok")
+
+    def _refill(self) -> None:
+        """Queue deferred pages, oldest first, while there is room. Caller holds the lock."""
+        while self._deferred:
+            page = self._deferred[0]()
+            if page is not None and page.state is StoreState.NONE:
+                if self._pending_bytes + page.nbytes > self.max_pending_bytes:
+                    return
+                self._enqueue(page)
+            self._deferred.popleft()
+
+    def _live_deferred(self) -> bool:
+        """Whether a deferred page is still waiting for room. Caller holds the lock."""
+        return any(
+            (p := ref()) is not None and p.state is StoreState.NONE for ref in self._deferred
+        )
 
     def _start_worker(self) -> None:
         thread = threading.Thread(
@@ -128,6 +160,9 @@ class WritebackQueue:
             for page in [p for p in self._queue if doomed(p.key)]:
                 self._dequeue(page)
                 page.state = StoreState.NONE
+            self._deferred = deque(
+                ref for ref in self._deferred if (p := ref()) is not None and not doomed(p.key)
+            )
             self._doomed.update(p for p in self._storing if doomed(p.key))
             self._cond.notify_all()
 
@@ -144,14 +179,15 @@ class WritebackQueue:
         return True
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until nothing is queued or being stored; False if ``timeout`` ran out.
+        """Wait until nothing is queued, deferred or being stored; False if ``timeout`` ran
+        out.
 
         Each store ends (stored, failed or cancelled), so with ``timeout=None`` this
         returns once the backlog present and arriving is done.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while self._queue or self._storing:
+            while self._queue or self._storing or self._live_deferred():
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
@@ -166,6 +202,7 @@ class WritebackQueue:
             self._cond.notify_all()
         drained = self.flush(drain_timeout)
         with self._cond:
+            self._deferred.clear()
             for page in list(self._queue):
                 self._dequeue(page)
                 page.state = StoreState.NONE
@@ -183,7 +220,11 @@ class WritebackQueue:
         cond = self._cond
         while True:
             with cond:
-                while not self._queue and not self._closed:
+                while True:
+                    if not self._queue:
+                        self._refill()
+                    if self._queue or self._closed:
+                        break
                     cond.wait()
                 if not self._queue:
                     return
@@ -197,6 +238,7 @@ class WritebackQueue:
                 self._storing.discard(page)
                 doomed = page in self._doomed
                 self._doomed.discard(page)
+                self._refill()
                 cond.notify_all()
             if doomed and stored:
                 self._discard(page.key)

@@ -10,7 +10,7 @@ import threading
 import fsspec
 import pytest
 import zict
-from conftest import BS, MiB, http_fs, payload
+from conftest import BS, GatedBackend, MiB, http_fs, payload
 
 import netcache
 from netcache.backends import MappingBackend
@@ -324,3 +324,36 @@ def test_readahead_fetches_only_what_the_disk_tier_lacks(
     assert server.bytes_sent == len(data) - half  # read-ahead fetched only the rest
     # pages on disk were read by the reader itself: a thread hop costs more than the read
     assert len(loaders) == half // BS and not [n for n in loaders if "readahead" in n]
+
+
+def _gated(workers: int = 2) -> tuple[netcache.NetCacheFileSystem, GatedBackend, bytes]:
+    backend = GatedBackend(BS, limit=64 * MiB)
+    fs = netcache.NetCacheFileSystem(target_protocol="memory", cache_dir=backend,
+                                     block_size=BS, memory_limit=64 * BS, readahead=False,
+                                     writeback_workers=workers, check_interval=None)  # fmt: skip
+    blob = payload(40 * BS, 11)
+    fs.fs.pipe_file("/deferred/f", blob)
+    return fs, backend, blob
+
+
+def test_stores_refused_for_lack_of_room_are_made_later() -> None:
+    fs, backend, blob = _gated()
+    assert fs.cat_file("/deferred/f") == blob  # 40 pages at once; the queue holds 16
+    assert backend.storing.wait(10)
+    assert fs.stats().stores.nbf == 40 - 16
+    backend.gate.set()
+    assert fs.flush(30)  # waits for the deferred stores too
+    assert sorted(k.index for k in backend.stored) == list(range(40))
+    st = fs.stats()
+    assert st.stores.pgs == 40 and st.stores.ok == 40 and st.stores.pend == 0
+
+
+def test_deferred_stores_of_an_invalidated_file_are_dropped() -> None:
+    fs, backend, blob = _gated()
+    assert fs.cat_file("/deferred/f") == blob
+    assert backend.storing.wait(10)
+    fs.invalidate("/deferred/f")
+    backend.gate.set()
+    assert fs.flush(30)
+    # only the stores already running went through, and were undone
+    assert len(backend.stored) <= 2 and fs.disk_usage().pages == 0
