@@ -54,8 +54,9 @@ class StoreStats:
 
     ``n``: store requests; ``ok``: queued; ``agn``: already queued or stored;
     ``nbf``: queue full, so deferred (queued later if the page is still in memory, then
-    counted in ``ok``); ``oom``: failed for lack of memory; ``run``: stores a worker ran; ``pgs``: pages stored; ``err``: stores the disk tier
-    failed; ``pend``: bytes queued or being stored now.
+    counted in ``ok``); ``oom``: failed for lack of memory; ``run``: stores a worker ran;
+    ``pgs``: pages stored; ``err``: stores the disk tier failed; ``pend``: bytes queued or
+    being stored now.
     """
 
     label: ClassVar[str] = "Stores"
