@@ -311,9 +311,10 @@ def main() -> None:
     opts = parser.parse_args()
     if opts.child:
         return child(opts)
-    if opts.table_from:
-        print(wide_table(json.loads(Path(opts.table_from).read_text()), vars(opts)))
-        return None
+    if opts.table_from:  # the README table, and the chart drawn again, from saved rows
+        saved = json.loads(Path(opts.table_from).read_text())
+        print(wide_table(saved, vars(opts)))
+        return draw(saved, opts)
     if opts.quick:
         opts.size_mib, opts.repeat, opts.small, opts.random = 64, 1, 50, 500
     server = subprocess.Popen(
@@ -338,11 +339,15 @@ def main() -> None:
         server.terminate()
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "bench_read.json").write_text(json.dumps(rows, indent=1))
-    try:
-        from charts import throughput_chart
-    except ImportError:  # run from elsewhere
-        sys.path.insert(0, str(Path(__file__).parent))
-        from charts import throughput_chart
+    print()
+    print(wide_table(rows, vars(opts)))
+    draw(rows, opts)
+
+
+def draw(rows: list[dict], opts: argparse.Namespace) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from charts import throughput_chart
+
     written = throughput_chart(rows, RESULTS / "bench_read.png", LABELS, vars(opts))
     print(f"\nchart: {written}" if written else "\nchart skipped: pip install netcache[plot]")
 

@@ -15,6 +15,8 @@ COLORS = {
     "adaptive": "#ff7f0e",
 }
 PHASES = {"cold": "cold", "warm": "warm", "new process from disk": "disk"}
+SHORT = {"seq": "sequential", "random": "random 64 KiB", "small": "small files",
+         "ranges": "cat_ranges"}  # fmt: skip
 
 
 def _pyplot() -> Any:
@@ -50,9 +52,7 @@ def throughput_chart(
             ys = [by.get(group, 0) for group in groups]
             ax.bar(xs, ys, width, label=cache, color=COLORS[cache])
         ax.set_xticks([g + 0.4 - width / 2 for g in range(len(groups))])
-        ax.set_xticklabels(
-            [f"{labels[w].format(**opts)}\n{PHASES[p]}" for w, p in groups], fontsize=7
-        )
+        ax.set_xticklabels([f"{SHORT.get(w, w)}\n{PHASES[p]}" for w, p in groups], fontsize=8)
         ax.set_yscale("log")
         ax.set_ylabel("MiB/s (log)")
         ax.set_title(f"netcache and fsspec's caches, {latency} per request")
