@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import time
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 from conftest import BS, MiB, http_fs
+from fsspec.implementations.memory import MemoryFileSystem
 
 import netcache
 from netcache.backends.mapping import MappingBackend
@@ -18,16 +19,48 @@ from netcache.httpserver import RangeServer
 from netcache.page import PageKey
 
 
-class SlowDisk(MappingBackend):
-    """A disk tier whose page reads take ``delay`` seconds (a busy or remote disk)."""
+class Gate:
+    """Holds a blocking call until the event loop opens it: if the loop were blocked by
+    that very call, nobody could open it, and the call reports it after ``timeout``."""
 
-    def __init__(self, delay: float) -> None:
+    def __init__(self, timeout: float = 5.0) -> None:
+        self.entered = threading.Event()
+        self.opened = threading.Event()
+        self.timeout = timeout
+        self.held_open_by_loop: list[bool] = []
+
+    def wait(self) -> None:
+        self.entered.set()
+        self.held_open_by_loop.append(self.opened.wait(self.timeout))
+
+    async def open_from_the_loop(self) -> None:
+        while not self.entered.is_set():  # polls on the loop: runs only if the loop runs
+            await asyncio.sleep(0.001)
+        self.opened.set()
+
+
+class GatedDisk(MappingBackend):
+    """A disk tier whose page reads wait for a gate (a busy or remote disk)."""
+
+    def __init__(self) -> None:
         super().__init__({}, BS, 64 * MiB)
-        self.delay = delay
+        self.gate: Gate | None = None
 
     def load_page(self, key: PageKey) -> bytes | None:
-        time.sleep(self.delay)
+        if self.gate is not None:
+            self.gate.wait()
         return super().load_page(key)
+
+
+class GatedRemote(MemoryFileSystem):
+    """A memory target whose data requests wait for a gate (a slow network)."""
+
+    gate: Gate | None = None
+
+    def cat_file(self, path, start=None, end=None, **kwargs):  # type: ignore[no-untyped-def]
+        if self.gate is not None:
+            self.gate.wait()
+        return super().cat_file(path, start, end, **kwargs)
 
 
 class NoThreads(concurrent.futures.ThreadPoolExecutor):
@@ -35,29 +68,6 @@ class NoThreads(concurrent.futures.ThreadPoolExecutor):
 
     def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
         raise AssertionError("a thread was asked for")
-
-
-async def longest_stall(work: Awaitable[Any]) -> tuple[Any, float]:
-    """Run ``work`` beside a 5 ms ticker; return its result and the ticker's longest gap."""
-    gaps: list[float] = []
-    done = asyncio.Event()
-
-    async def ticker() -> None:
-        last = time.monotonic()
-        while not done.is_set():
-            await asyncio.sleep(0.005)
-            now = time.monotonic()
-            gaps.append(now - last)
-            last = now
-
-    began = time.monotonic()
-    tick = asyncio.ensure_future(ticker())
-    try:
-        result = await work
-    finally:
-        done.set()
-        await tick
-    return result, max(gaps, default=time.monotonic() - began)
 
 
 def run(coro_fn: Callable[[], Awaitable[Any]]) -> Any:
@@ -83,7 +93,7 @@ def test_warm_reads_are_answered_on_the_loop(server: RangeServer, cache_dir: str
 
 
 def test_disk_tier_reads_do_not_block_the_loop(server: RangeServer) -> None:
-    disk = SlowDisk(delay=0.3)
+    disk = GatedDisk()
     url = f"{server.url}/big.bin"
     data = server._files["/big.bin"].data
     first = http_fs(disk, readahead=False)
@@ -93,25 +103,37 @@ def test_disk_tier_reads_do_not_block_the_loop(server: RangeServer) -> None:
     netcache.NetCacheFileSystem.clear_instance_cache()
     afs = netcache.AsyncNetCacheFileSystem(http_fs(disk, readahead=False))
     gets = server.gets
+    disk.gate = gate = Gate()
 
-    got, stall = run(lambda: longest_stall(afs._cat_file(url, 10, BS + 10)))
-    assert got == data[10 : BS + 10]
+    async def main() -> bytes:
+        got, _ = await asyncio.gather(afs._cat_file(url, 10, BS + 10), gate.open_from_the_loop())
+        return got
+
+    assert run(main) == data[10 : BS + 10]
+    assert gate.held_open_by_loop and all(gate.held_open_by_loop)  # the loop ran meanwhile
     assert afs.sync_fs.stats().retrievals.disk == 2 and server.gets == gets
-    assert stall < 0.2  # two page reads took 0.6 s; the loop kept ticking
 
 
-def test_remote_fetches_do_not_block_the_loop(server: RangeServer) -> None:
-    server.latency = 0.4
-    afs = netcache.AsyncNetCacheFileSystem(http_fs(False, readahead=False, check_interval=None))
-    url = f"{server.url}/small.bin"
-    data = server._files["/small.bin"].data
+def test_remote_fetches_do_not_block_the_loop() -> None:
+    target = GatedRemote(skip_instance_cache=True)
+    target.pipe_file("/slow/x.bin", b"abcdefghij" * 1000)
+    afs = netcache.AsyncNetCacheFileSystem(
+        netcache.NetCacheFileSystem(
+            fs=target, cache_dir=False, block_size=BS, readahead=False, check_interval=None
+        )
+    )
+    target.gate = gate = Gate()
 
-    async def both() -> list[Any]:
-        return await asyncio.gather(afs._cat_file(url), afs._cat_ranges([url], [3], [9]))
+    async def main() -> list[Any]:
+        return await asyncio.gather(
+            afs._cat_file("/slow/x.bin", 0, 4),
+            afs._cat_ranges(["/slow/x.bin"], [3], [9]),
+            gate.open_from_the_loop(),
+        )
 
-    (whole, ranges), stall = run(lambda: longest_stall(both()))
-    assert whole == data and ranges == [data[3:9]]
-    assert stall < 0.2
+    whole, ranges, _ = run(main)
+    assert whole == b"abcd" and ranges == [b"defghi"]
+    assert gate.held_open_by_loop and all(gate.held_open_by_loop)
 
 
 def test_writes_and_errors_on_the_async_path(server: RangeServer, cache_dir: str) -> None:
