@@ -357,3 +357,24 @@ def test_deferred_stores_of_an_invalidated_file_are_dropped() -> None:
     assert fs.flush(30)
     # only the stores already running went through, and were undone
     assert len(backend.stored) <= 2 and fs.disk_usage().pages == 0
+
+
+def test_a_folder_that_cannot_be_mapped_is_read_by_copy(
+    server: RangeServer, cache_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from netcache.backends import directory
+
+    url = f"{server.url}/big.bin"
+    data = server._files["/big.bin"].data
+    fs = http_fs(cache_dir, check_interval=None)
+    assert fs.cat_file(url) == data and fs.flush(30)
+
+    def refuse(fd: int, size: int) -> object:
+        raise OSError(19, "No such device")  # ENODEV: this filesystem cannot map files
+
+    monkeypatch.setattr(directory, "_map_file", refuse)
+    fs = _reopen(cache_dir)
+    server.reset_counts()
+    assert fs.cat_file(url) == data and server.gets == 0
+    st = fs.stats()
+    assert st.retrievals.disk == len(range(0, len(data), BS)) and st.disk.rerr == 0

@@ -23,7 +23,7 @@ from netcache.backends.base import (
     check_payload,
     page_header,
 )
-from netcache.buffers import PageBuffer
+from netcache.buffers import PageBuffer, empty_page_buffer
 from netcache.errors import CorruptPageError
 from netcache.page import PageKey
 
@@ -34,6 +34,10 @@ _STALE_TMP_SECONDS = 3600.0
 
 # Fault the whole page in with the mapping (one syscall, not one fault per 4 KiB).
 _MAP_FLAGS = mmap.MAP_PRIVATE | getattr(mmap, "MAP_POPULATE", 0)
+
+
+def _map_file(fd: int, size: int) -> mmap.mmap:
+    return mmap.mmap(fd, size, flags=_MAP_FLAGS, prot=mmap.PROT_READ)
 
 
 class DirectoryBackend(Backend):
@@ -126,8 +130,12 @@ class DirectoryBackend(Backend):
             size = os.fstat(f.fileno()).st_size
             if size <= HEADER_SIZE:
                 raise CorruptPageError(f"page {key.index}: truncated file")
-            mapped = mmap.mmap(f.fileno(), size, flags=_MAP_FLAGS, prot=mmap.PROT_READ)
-        view = memoryview(mapped)
+            try:
+                view = memoryview(_map_file(f.fileno(), size))
+            except OSError:  # a filesystem that cannot map files (some FUSE and network ones)
+                view = memoryview(empty_page_buffer(size))
+                if f.readinto(view) != size:
+                    raise CorruptPageError(f"page {key.index}: file changed while read") from None
         header = bytes(view[:HEADER_SIZE])
         length = check_header(header, key, self.block_size)
         if size != HEADER_SIZE + length:
