@@ -314,7 +314,7 @@ def main() -> None:
     if opts.table_from:  # the README table, and the chart drawn again, from saved rows
         saved = json.loads(Path(opts.table_from).read_text())
         print(wide_table(saved, vars(opts)))
-        return draw(saved, opts)
+        return draw(saved)
     if opts.quick:
         opts.size_mib, opts.repeat, opts.small, opts.random = 64, 1, 50, 500
     server = subprocess.Popen(
@@ -341,14 +341,14 @@ def main() -> None:
     (RESULTS / "bench_read.json").write_text(json.dumps(rows, indent=1))
     print()
     print(wide_table(rows, vars(opts)))
-    draw(rows, opts)
+    draw(rows)
 
 
-def draw(rows: list[dict], opts: argparse.Namespace) -> None:
+def draw(rows: list[dict]) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from charts import throughput_chart
 
-    written = throughput_chart(rows, RESULTS / "bench_read.png", LABELS, vars(opts))
+    written = throughput_chart(rows, RESULTS / "bench_read.png")
     print(f"\nchart: {written}" if written else "\nchart skipped: pip install netcache[plot]")
 
 

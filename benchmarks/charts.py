@@ -30,9 +30,7 @@ def _pyplot() -> Any:
     return plt
 
 
-def throughput_chart(
-    rows: list[dict[str, Any]], path: Path, labels: dict[str, str], opts: dict[str, Any]
-) -> Path | None:
+def throughput_chart(rows: list[dict[str, Any]], path: Path) -> Path | None:
     """MiB/s of netcache and each peer, per workload and pass, one panel per latency."""
     plt = _pyplot()
     if plt is None:
@@ -42,7 +40,7 @@ def throughput_chart(
                              squeeze=False)  # fmt: skip
     for ax, latency in zip(axes[:, 0], latencies, strict=True):
         mine = [r for r in rows if r["latency"] == latency and r["cache"] in COLORS]
-        order = {(w, p): (i, j) for i, w in enumerate(labels) for j, p in enumerate(PHASES)}
+        order = {(w, p): (i, j) for i, w in enumerate(SHORT) for j, p in enumerate(PHASES)}
         groups = sorted({(r["workload"], r["phase"]) for r in mine}, key=order.__getitem__)
         caches = [c for c in COLORS if any(r["cache"] == c for r in mine)]
         width = 0.8 / len(caches)

@@ -29,8 +29,7 @@ def test_throughput_chart(tmp_path: Path) -> None:
             for c in ("netcache", "plain", "blockcache", "netcache (64 MiB)")
         )
     ]
-    labels = {"seq": "sequential", "random": "{random} random"}
-    out = charts.throughput_chart(rows, tmp_path / "t.png", labels, {"random": 200})
+    out = charts.throughput_chart(rows, tmp_path / "t.png")
     assert out == tmp_path / "t.png"
     assert out.read_bytes().startswith(PNG) and out.stat().st_size > 10_000
 
