@@ -10,6 +10,7 @@ gives memory back before Dask starts spilling or pausing (:func:`monitor_setting
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from netcache.context import registry
@@ -73,11 +74,7 @@ def process_stats() -> dict[str, int]:
         contexts = list(registry.contexts.values())
     total: dict[str, int] = {}
     for context in contexts:
-        for name, value in context.stats().as_dict().items():
-            if name.startswith("pressure."):
-                total[name] = max(total.get(name, 0), value)
-            else:
-                total[name] = total.get(name, 0) + value
+        _merge(total, context.stats().as_dict(), lambda name: name.startswith("pressure."))
     return total
 
 
@@ -87,9 +84,13 @@ def cluster_stats(client: Any) -> dict[str, dict[str, int]]:
     per_worker: dict[str, dict[str, int]] = client.run(process_stats)
     total: dict[str, int] = {}
     for counters in per_worker.values():
-        for name, value in counters.items():
-            if name == "pressure.level":
-                total[name] = max(total.get(name, 0), value)
-            else:
-                total[name] = total.get(name, 0) + value
+        _merge(total, counters, lambda name: name == "pressure.level")
     return {**per_worker, "total": total}
+
+
+def _merge(total: dict[str, int], counters: dict[str, int], highest: Callable[[str], bool]) -> None:
+    """Add ``counters`` into ``total``; names ``highest`` picks keep the larger value."""
+    for name, value in counters.items():
+        total[name] = (
+            max(total.get(name, 0), value) if highest(name) else total.get(name, 0) + value
+        )
