@@ -394,7 +394,7 @@ class NetCacheFileSystem(ChainedFileSystem):
 
     # Answered from the version netcache keeps (the target's ``info``, re-checked every
     # ``check_interval``): data libraries ask these before every open, and fsspec's HTTP
-    # ``exists`` and ``isdir`` download the whole file to answer.
+    # ``exists`` and ``isfile`` download the whole file to answer (``isdir`` too, for links).
     def exists(self, path: str, **kwargs: Any) -> bool:
         return self._kind(path) is not None
 

@@ -352,6 +352,10 @@ def test_deferred_stores_of_an_invalidated_file_are_dropped() -> None:
     fs, backend, blob = _gated()
     assert fs.cat_file("/deferred/f") == blob
     assert backend.storing.wait(10)
+    cookie = fs._cookie("/deferred/f")
+    keys = [netcache.page.PageKey(cookie.file_id, cookie.version, i) for i in range(40)]
+    held = fs.context.page_cache.lookup_resident(keys)  # a reader still holds the pages
+    assert held is not None
     fs.invalidate("/deferred/f")
     backend.gate.set()
     assert fs.flush(30)
