@@ -176,7 +176,7 @@ def measure(opts: argparse.Namespace, url: str, latency: float) -> dict[tuple, l
     control(url, f"latency/{latency}")
     results: dict[tuple, list] = {}
     for _ in range(opts.repeat):
-        for workload in ALL:
+        for workload in opts.workloads:
             for cache, workloads in CACHES.items():
                 if workload not in workloads or (opts.only and cache not in opts.only):
                     continue
@@ -306,6 +306,8 @@ def main() -> None:
     parser.add_argument("--latency-ms", default="0,20", help="comma-separated")
     parser.add_argument("--only", type=lambda s: s.split(","), default=None,
                         help="comma-separated caches to run (default: all)")  # fmt: skip
+    parser.add_argument("--workloads", type=lambda s: s.split(","), default=list(ALL),
+                        help=f"comma-separated, of {','.join(ALL)} (default: all)")  # fmt: skip
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--table-from", help="print the README table of a results JSON")
     opts = parser.parse_args()

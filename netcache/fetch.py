@@ -150,8 +150,14 @@ class PageFetcher:
         if not self.page_cache.admitting:
             return
         keys = [PageKey(cookie.file_id, cookie.version, i) for i in pages]
-        if self.backend is not None:  # pages on disk are read when needed, on the spot
-            keys = [key for key in keys if not self.backend.holds(key)]
+        if self.backend is not None:
+            # Pages on disk are read when needed, on the reader's thread (cheaper than a
+            # hop to a read-ahead thread); the disk is only told to start reading them.
+            on_disk = [key for key in keys if self.backend.holds(key)]
+            if on_disk:
+                self.backend.will_need(on_disk)
+                held = set(on_disk)
+                keys = [key for key in keys if key not in held]
         nbytes = len(keys) * self.block_size
         with self._ra_lock:
             # in flight: network buffers and their page copies, outside the memory budget

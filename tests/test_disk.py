@@ -382,3 +382,96 @@ def test_a_folder_that_cannot_be_mapped_is_read_by_copy(
     assert fs.cat_file(url) == data and server.gets == 0
     st = fs.stats()
     assert st.retrievals.disk == len(range(0, len(data), BS)) and st.disk.rerr == 0
+
+
+def test_readahead_tells_the_disk_which_pages_come_next(
+    server: RangeServer, cache_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"{server.url}/big.bin"
+    data = server._files["/big.bin"].data
+    half = (len(data) // BS // 2) * BS
+    fs = http_fs(cache_dir, check_interval=None)
+    assert fs.cat_file(url, 0, half) == data[:half] and fs.flush(30)
+    fs = _reopen(cache_dir)
+    advised: list[str] = []
+    fadvise = os.posix_fadvise
+
+    def recording(fd: int, offset: int, length: int, advice: int) -> None:
+        if advice == os.POSIX_FADV_WILLNEED:
+            advised.append(os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
+        fadvise(fd, offset, length, advice)
+
+    monkeypatch.setattr(os, "posix_fadvise", recording)
+    with fs.open(url) as f:
+        got = b"".join(iter(lambda: f.read(100_000), b""))
+    assert got == data
+    on_disk = {os.path.basename(p) for p in page_files(cache_dir)}
+    indices = sorted(int(name.split(".")[-2], 16) for name in advised)
+    # every hint names a page file that exists, ahead of the reader; none is repeated
+    assert set(advised) <= on_disk and len(advised) == len(set(advised))
+    assert indices and indices[0] > 0 and indices[-1] == half // BS - 1
+    assert fs.stats().retrievals.disk == half // BS and fs.stats().disk.rerr == 0
+
+
+def test_will_need_of_absent_pages_is_harmless(cache_dir: str) -> None:
+    from netcache.backends import DirectoryBackend
+
+    backend = DirectoryBackend(cache_dir, BS, 64 * MiB)
+    keys = [netcache.page.PageKey("ab" * 16, "cd" * 16, i) for i in range(3)]
+    backend.will_need(keys)  # nothing stored: no file to open, nothing raised
+    backend.store_page(keys[1], payload(BS, 5))
+    backend.will_need(keys)
+    assert [backend.load_page(k) is not None for k in keys] == [False, True, False]
+
+
+def test_disk_hits_share_recency_through_mtimes_at_a_grain(cache_dir: str) -> None:
+    from netcache.backends import DirectoryBackend
+    from netcache.backends.directory import _RECENCY_GRAIN
+
+    backend = DirectoryBackend(cache_dir, BS, 64 * MiB)
+    stale, fresh = (netcache.page.PageKey("ab" * 16, "cd" * 16, i) for i in range(2))
+    for key in (stale, fresh):
+        backend.store_page(key, payload(BS, key.index))
+    files = {int(p.split(".")[-2], 16): p for p in page_files(cache_dir)}
+    long_ago = os.stat(files[0]).st_mtime - 3600
+    recently = os.stat(files[1]).st_mtime - _RECENCY_GRAIN / 2
+    os.utime(files[0], (long_ago, long_ago))
+    os.utime(files[1], (recently, recently))
+    assert backend.load_page(stale) is not None and backend.load_page(fresh) is not None
+    assert os.stat(files[0]).st_mtime > long_ago + 3000  # touched: other processes see it
+    assert os.stat(files[1]).st_mtime == recently  # within the grain: left alone
+
+
+def test_a_page_folder_removed_under_a_writer_is_made_again(cache_dir: str) -> None:
+    import shutil
+
+    from netcache.backends import DirectoryBackend
+
+    backend = DirectoryBackend(cache_dir, BS, 64 * MiB)
+    keys = [netcache.page.PageKey("ab" * 16, "cd" * 16, i) for i in range(2)]
+    backend.store_page(keys[0], payload(BS, 1))
+    shutil.rmtree(os.path.dirname(page_files(cache_dir)[0]))  # e.g. `netcache clear`
+    backend.store_page(keys[1], payload(BS, 2))
+    assert backend.load_page(keys[0]) is None
+    assert bytes(backend.load_page(keys[1])) == payload(BS, 2)  # type: ignore[arg-type]
+
+
+def test_temporaries_of_a_forked_child_carry_its_pid(cache_dir: str) -> None:
+    from netcache.backends import DirectoryBackend
+
+    backend = DirectoryBackend(cache_dir, BS, 64 * MiB)
+    mine = backend._tmp_name()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child inherits the backend as it is, as a forked worker would
+        try:
+            os.write(write_end, backend._tmp_name().encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    child_name = os.read(read_end, 200).decode()
+    os.close(read_end)
+    os.waitpid(pid, 0)
+    assert mine.startswith(f".tmp.{os.getpid()}.")
+    assert child_name.startswith(f".tmp.{pid}.")
+    assert child_name.rsplit("-", 1)[0] != mine.rsplit("-", 1)[0]

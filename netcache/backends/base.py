@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,6 +108,11 @@ class Backend(ABC):
         in-memory index, no I/O. Read-ahead skips such pages (reading them when needed
         costs less than a thread hop); False when unsure, which only costs that hop."""
         return False
+
+    def will_need(self, keys: Sequence[PageKey]) -> None:  # noqa: B027 - optional hook
+        """A hint that these pages will be loaded soon: start reading them from the device
+        without waiting, so that loads in a row overlap their I/O. Never raises; the
+        default does nothing."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources; the default holds none."""
