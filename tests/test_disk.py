@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import sys
 import threading
 
 import fsspec
@@ -475,3 +476,19 @@ def test_temporaries_of_a_forked_child_carry_its_pid(cache_dir: str) -> None:
     assert mine.startswith(f".tmp.{os.getpid()}.")
     assert child_name.startswith(f".tmp.{pid}.")
     assert child_name.rsplit("-", 1)[0] != mine.rsplit("-", 1)[0]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness")
+def test_writeback_workers_yield_the_cpu_to_readers(server: RangeServer, cache_dir: str) -> None:
+    from netcache.writeback import WORKER_NICENESS
+
+    reader = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    fs = http_fs(cache_dir)
+    assert fs.cat_file(f"{server.url}/big.bin") == server._files["/big.bin"].data
+    workers = [t for t in threading.enumerate() if t.name.startswith("netcache-writeback")]
+    assert workers
+    for worker in workers:
+        assert worker.native_id is not None
+        assert os.getpriority(os.PRIO_PROCESS, worker.native_id) == WORKER_NICENESS
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == reader < WORKER_NICENESS
+    assert fs.flush(30) and fs.disk_usage().pages == len(range(0, 3 * MiB + 12345, BS))
