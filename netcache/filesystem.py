@@ -84,7 +84,7 @@ class NetCacheFileSystem(ChainedFileSystem):
         every open and every ``cat``; None means remote files never change.
     readahead:
         Largest window fetched ahead of a sequential reader (default 32 MiB, in
-        concurrent requests of up to 4 MiB); False or 0 turns read-ahead off. Random access
+        concurrent requests of up to 8 MiB); False or 0 turns read-ahead off. Random access
         never reads ahead. Read-ahead calls the target from a pool of threads.
     offline:
         For remotes that go away: when a version check cannot reach the remote, serve the
