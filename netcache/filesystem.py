@@ -78,7 +78,8 @@ class NetCacheFileSystem(ChainedFileSystem):
         What reclaim does with pages whose store is pending; None is
         :class:`~netcache.policies.PressureGraded`.
     writeback_workers:
-        Threads storing pages into the disk tier, default 2.
+        Threads storing pages into the disk tier, default 1 (on one folder, more
+        threads contend for its lock: two cost 1.5x the CPU per page of one).
     check_interval:
         Seconds between checks that a remote file is unchanged (default 60); 0 checks on
         every open and every ``cat``; None means remote files never change.

@@ -492,3 +492,45 @@ def test_writeback_workers_yield_the_cpu_to_readers(server: RangeServer, cache_d
         assert os.getpriority(os.PRIO_PROCESS, worker.native_id) == WORKER_NICENESS
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == reader < WORKER_NICENESS
     assert fs.flush(30) and fs.disk_usage().pages == len(range(0, 3 * MiB + 12345, BS))
+
+
+def test_a_cold_read_of_a_new_file_does_not_look_for_its_pages_on_disk(
+    server: RangeServer, cache_dir: str
+) -> None:
+    url = f"{server.url}/big.bin"
+    data = server._files["/big.bin"].data
+    pages = len(range(0, len(data), BS))
+    fs = http_fs(cache_dir, check_interval=None, readahead=False)
+    backend = fs.context.backend
+    opened: list[str] = []
+    read_file = backend._read_page_file
+
+    def recording(path: str, key: netcache.page.PageKey) -> object:
+        opened.append(path)
+        return read_file(path, key)
+
+    backend._read_page_file = recording  # type: ignore[method-assign]
+    assert fs.cat_file(url) == data and fs.flush(30)
+    assert opened == []  # its folder is new: no page file can be there but ours
+    assert fs.reclaim(len(data)) >= len(data)  # every page stored: all released
+    assert fs.cat_file(url) == data  # dropped from memory: stored pages are read back
+    assert len(opened) == pages and fs.stats().retrievals.disk == pages
+    fs = _reopen(cache_dir)  # another process looks everywhere
+    assert fs.cat_file(url) == data and fs.stats().retrievals.disk == pages
+
+
+def test_pages_another_process_stores_in_a_folder_this_one_made_are_found(
+    cache_dir: str,
+) -> None:
+    from netcache.backends import DirectoryBackend
+
+    mine = DirectoryBackend(cache_dir, BS, 64 * MiB)
+    theirs = DirectoryBackend(cache_dir, BS, 64 * MiB)  # as another process would
+    keys = [netcache.page.PageKey("ab" * 16, "cd" * 16, i) for i in range(2)]
+    mine.store_meta(keys[0].file_id, {"v": 1})  # first sight: this process makes the folder
+    mine.store_page(keys[0], payload(BS, 1))
+    theirs.store_page(keys[1], payload(BS, 2))
+    assert bytes(theirs.load_page(keys[0])) == payload(BS, 1)  # type: ignore[arg-type]
+    assert mine.load_page(keys[1]) is None  # not looked for until the index is rebuilt
+    mine._rescan()
+    assert bytes(mine.load_page(keys[1])) == payload(BS, 2)  # type: ignore[arg-type]

@@ -35,6 +35,9 @@ _STALE_TMP_SECONDS = 3600.0
 #: Seconds by which recency shared through mtimes may lag: a disk hit on a page file
 #: touched more recently than this does not touch it again (a syscall saved per hit).
 _RECENCY_GRAIN = 10.0
+#: Folders this process created, remembered at most (forgetting one only costs opening
+#: files that are not there).
+_MAX_CREATED = 1 << 16
 
 
 # Fault the whole page in with the mapping (one syscall, not one fault per 4 KiB).
@@ -62,13 +65,16 @@ class DirectoryBackend(Backend):
     Writers never expose a partial file (the rename is atomic on POSIX), so a reader sees
     either no page or a whole one; a reader that has a page open keeps reading it even if
     another process culls it (unlink), and a page culled just before it is opened is a
-    miss. Recency is shared through the files' mtimes (set on write, and on a disk hit
-    of a file not touched in the last ten seconds). Each process keeps an LRU index of
-    the folder, rebuilt from it at start and again after every ``max(8, pages/8)``
-    stores, and culls the least recently used pages of the whole folder, whoever wrote
-    them. Slack: between two rebuilds, each other process may add that many pages
-    unseen, plus one ``meta.json`` per file and the temporary files of writes in
-    progress.
+    miss. A page missing from this process's index, in a file folder this process
+    created, is a miss without a look (a cold read of a new file would otherwise try to
+    open every page in vain); a page another process stored there is found after the
+    next rebuild of the index. Recency is shared through the files' mtimes (set on
+    write, and on a disk hit of a file not touched in the last ten seconds). Each
+    process keeps an LRU index of the folder, rebuilt from it at start and again after
+    every ``max(8, pages/8)`` stores, and culls the least recently used pages of the
+    whole folder, whoever wrote them. Slack: between two rebuilds, each other process
+    may add that many pages unseen, plus one ``meta.json`` per file and the temporary
+    files of writes in progress.
 
     Reading: a page loaded from disk is a private read-only mapping of its file, used in
     place (no copy into fresh memory, and its memory is the OS page cache's); dropping
@@ -94,6 +100,8 @@ class DirectoryBackend(Backend):
         self._stores_since_rescan = 0
         # folders known to exist (a write that finds one gone creates it again)
         self._folders: set[str] = set()
+        # remote files' folders (relative) this process created, newest last
+        self._created: dict[str, None] = {}
         self._tmp_pid = -1
         self._tmp_prefix = ""
         self._tmp_seq = itertools.count()
@@ -133,6 +141,10 @@ class DirectoryBackend(Backend):
 
     def load_page(self, key: PageKey) -> PageBuffer | None:
         rel, path = self._page_path(key)
+        if not self._may_hold(rel):
+            # A cold read of a new file would try to open each of its pages in vain, in
+            # the folder write-back is creating files in: both contend for its lock.
+            return None
         try:
             data, mtime = self._read_page_file(path, key)
         except FileNotFoundError:
@@ -239,6 +251,8 @@ class DirectoryBackend(Backend):
             with contextlib.suppress(OSError):
                 os.rmdir(folder)
             self._folders.discard(folder)
+            with self._lock:
+                self._created.pop(os.path.relpath(folder, self.files), None)
         return removed
 
     def clear(self) -> None:
@@ -246,6 +260,7 @@ class DirectoryBackend(Backend):
             self._index.forget_all()
             self._since_listing = {}
             self._folders.clear()
+            self._created.clear()
         for name in os.listdir(self.files):
             _remove_any(os.path.join(self.files, name))
 
@@ -258,14 +273,13 @@ class DirectoryBackend(Backend):
     def _write_atomic(self, path: str, chunks: tuple[PageBuffer, ...]) -> None:
         folder = os.path.dirname(path)
         if folder not in self._folders:
-            _makedirs_private(folder)
-            self._folders.add(folder)
+            self._made_folder(folder)
         tmp = os.path.join(folder, self._tmp_name())
         try:
             try:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             except FileNotFoundError:  # the folder was removed since (a clear, a cull)
-                _makedirs_private(folder)
+                self._made_folder(folder)
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
                 views = [memoryview(chunk).cast("B") for chunk in chunks]
@@ -282,6 +296,24 @@ class DirectoryBackend(Backend):
         except BaseException:
             _remove_any(tmp)
             raise
+
+    def _made_folder(self, folder: str) -> None:
+        """Make sure ``folder`` exists; remember it, and whether this process created it."""
+        created = _makedirs_private(folder)
+        self._folders.add(folder)
+        rel = os.path.relpath(folder, self.files)
+        if created and rel.count("/") == 1:  # a remote file's folder
+            with self._lock:
+                self._created[rel] = None
+                if len(self._created) > _MAX_CREATED:
+                    del self._created[next(iter(self._created))]
+
+    def _may_hold(self, rel: str) -> bool:
+        """False only for a page that cannot be on disk: one missing from the index, in a
+        folder this process created (so every page file in it is one this process
+        stored, or one another process stored since, indexed at the next rescan)."""
+        with self._lock:
+            return rel in self._index or rel.rsplit("/", 1)[0] not in self._created
 
     def _tmp_name(self) -> str:
         # Named by pid (a rescan removes the temporaries of dead writers), a random token
@@ -367,16 +399,19 @@ def _writer_gone(tmp_name: str) -> bool:
     return pid != os.getpid() and not psutil.pid_exists(pid)
 
 
-def _makedirs_private(folder: str) -> None:
+def _makedirs_private(folder: str) -> bool:
     """Create ``folder`` and any missing parents owner-only (``os.makedirs`` gives its
-    mode to the last folder alone)."""
+    mode to the last folder alone); True if this call created ``folder`` itself."""
     if os.path.isdir(folder):
-        return
+        return False
     parent = os.path.dirname(folder)
     if parent != folder:
         _makedirs_private(parent)
-    with contextlib.suppress(FileExistsError):
+    try:
         os.mkdir(folder, 0o700)
+    except FileExistsError:
+        return False
+    return True
 
 
 def _remove_any(path: str) -> None:
