@@ -296,15 +296,22 @@ def test_pages_read_from_disk_are_mappings_of_their_files(
     assert fs.cat_file(url, 0, 3 * BS) == data[: 3 * BS]
 
 
-def test_readahead_fetches_only_what_the_disk_tier_lacks(
+def _first_half_on_disk(
     server: RangeServer, cache_dir: str
-) -> None:
+) -> tuple[netcache.NetCacheFileSystem, str, bytes, int]:
+    """A new process's filesystem, with the first half of big.bin on disk, none in memory."""
     url = f"{server.url}/big.bin"
     data = server._files["/big.bin"].data
     half = (len(data) // BS // 2) * BS
     fs = http_fs(cache_dir, check_interval=None)
     assert fs.cat_file(url, 0, half) == data[:half] and fs.flush(30)
-    fs = _reopen(cache_dir)
+    return _reopen(cache_dir), url, data, half
+
+
+def test_readahead_fetches_only_what_the_disk_tier_lacks(
+    server: RangeServer, cache_dir: str
+) -> None:
+    fs, url, data, half = _first_half_on_disk(server, cache_dir)
     backend = fs.context.backend
     loaders: list[str] = []
     load = backend.load_page
@@ -388,12 +395,7 @@ def test_a_folder_that_cannot_be_mapped_is_read_by_copy(
 def test_readahead_tells_the_disk_which_pages_come_next(
     server: RangeServer, cache_dir: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    url = f"{server.url}/big.bin"
-    data = server._files["/big.bin"].data
-    half = (len(data) // BS // 2) * BS
-    fs = http_fs(cache_dir, check_interval=None)
-    assert fs.cat_file(url, 0, half) == data[:half] and fs.flush(30)
-    fs = _reopen(cache_dir)
+    fs, url, data, half = _first_half_on_disk(server, cache_dir)
     advised: list[str] = []
     fadvise = os.posix_fadvise
 
