@@ -9,7 +9,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from netcache.backends.directory import LAYOUT
+from netcache.backends.directory import LAYOUT, parse_segment_name, stored_slots
 from netcache.identity import redact_url
 from netcache.sizes import format_size
 
@@ -38,9 +38,11 @@ def scan(cache_dir: str) -> list[CachedFile]:
             meta = _read_meta(os.path.join(folder, "meta.json"))
             entry = CachedFile(meta.get("url"), meta.get("size"), folder=folder)
             for name in os.listdir(folder):
-                if name.endswith(".page"):
-                    entry.pages += 1
-                    entry.bytes += _size(os.path.join(folder, name))
+                parsed = parse_segment_name(name)
+                if parsed is not None:
+                    path = os.path.join(folder, name)
+                    entry.pages += stored_slots(path, parsed[2]).bit_count()
+                    entry.bytes += _size(path)
             out.append(entry)
     return out
 
@@ -94,9 +96,10 @@ def clear(cache_dir: str, older_than: float | None, url: str | None, as_json: bo
             continue
         for name in os.listdir(f.folder):
             path = os.path.join(f.folder, name)
-            if name.endswith(".page") and os.path.getmtime(path) < cutoff:
+            parsed = parse_segment_name(name)
+            if parsed is not None and os.path.getmtime(path) < cutoff:
                 removed_bytes += _size(path)
-                removed_pages += 1
+                removed_pages += stored_slots(path, parsed[2]).bit_count()
                 os.unlink(path)
     report = {"files": removed_files, "pages": removed_pages, "bytes": removed_bytes}
     if as_json:

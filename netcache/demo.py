@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 
+from netcache.backends.directory import LAYOUT
 from netcache.filesystem import NetCacheFileSystem
 from netcache.httpserver import RangeServer, random_bytes
 from netcache.sizes import format_size
@@ -82,5 +83,5 @@ def run(size_mib: int = 32, cache_dir: str | None = None) -> int:
               f"from remote={disk['retrievals.remote']}")  # fmt: skip
         if cache_dir is None:
             fs.clear()
-            os.rmdir(os.path.join(folder, "netcache-v1", "files"))
+            os.rmdir(os.path.join(folder, LAYOUT, "files"))
         return 0 if same and rows[2][2] == 0 else 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 import netcache
+from netcache.backends.directory import LAYOUT
 from netcache.sizes import parse_size
 
 
@@ -112,7 +113,7 @@ def test_default_cache_dir_honours_xdg(tmp_path, monkeypatch) -> None:  # type: 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     fs = make(cache_dir=None)
     assert fs.config.cache_dir == str(tmp_path / "netcache")
-    assert (tmp_path / "netcache" / "netcache-v1").is_dir()
+    assert (tmp_path / "netcache" / LAYOUT).is_dir()
 
 
 @pytest.mark.parametrize("nbytes", [-1, 1.5, "10"])

@@ -16,15 +16,32 @@ from conftest import BS, GatedBackend, MiB, http_fs, payload
 import netcache
 from netcache.backends import MappingBackend
 from netcache.backends.base import HEADER_SIZE as HEADER
-from netcache.backends.directory import LAYOUT
+from netcache.backends.directory import LAYOUT, parse_segment_name, stored_slots, table_size
 from netcache.httpserver import RangeServer
 
 
-def page_files(cache_dir: str) -> list[str]:
+def segment_files(cache_dir: str) -> list[str]:
     out = []
     for folder, _, names in os.walk(os.path.join(cache_dir, LAYOUT)):
-        out += [os.path.join(folder, n) for n in names if n.endswith(".page")]
+        out += [os.path.join(folder, n) for n in names if n.endswith(".seg")]
     return sorted(out)
+
+
+def stored_pages(cache_dir: str) -> dict[int, tuple[str, int, int]]:
+    """Page index -> (its segment, the offsets of its header and of its bytes), for every
+    page stored (of one remote file)."""
+    out = {}
+    for path in segment_files(cache_dir):
+        _, _, per_segment, segment = parse_segment_name(os.path.basename(path))  # type: ignore[misc]
+        mask = stored_slots(path, per_segment)
+        for slot in range(per_segment):
+            if mask >> slot & 1:
+                out[segment * per_segment + slot] = (
+                    path,
+                    slot * HEADER,
+                    table_size(per_segment) + slot * BS,
+                )
+    return dict(sorted(out.items()))
 
 
 def folder_bytes(cache_dir: str) -> int:
@@ -65,30 +82,37 @@ def test_corrupt_page_is_refetched(server: RangeServer, cache_dir: str, damage: 
     fs = http_fs(cache_dir, check_interval=None)
     assert fs.cat_file(url) == data
     assert fs.flush(30)
-    files = page_files(cache_dir)
-    for victim in files[3:5]:
+    pages = stored_pages(cache_dir)
+    damaged = errors = 2
+    for index in (3, 4):
+        segment, header, offset = pages[index]
         if damage == "flip":
-            with open(victim, "r+b") as f:
-                f.seek(-100, os.SEEK_END)
+            with open(segment, "r+b") as f:
+                f.seek(offset + 100)
                 byte = f.read(1)[0]
-                f.seek(-100, os.SEEK_END)
+                f.seek(offset + 100)
                 f.write(bytes([byte ^ 0x01]))
-        elif damage == "truncate":
-            os.truncate(victim, os.path.getsize(victim) - 7)
         elif damage == "header":
-            with open(victim, "r+b") as f:
-                f.seek(24)  # the page index in the header
+            with open(segment, "r+b") as f:
+                f.seek(header + 24)  # the page index in the header
                 f.write(b"\xff")
-        else:
-            os.unlink(victim)
-            os.mkdir(victim)
+    if damage == "truncate":  # the last two pages, cut short and cut off
+        last = max(pages)
+        segment, _, offset = pages[last - 1]
+        os.truncate(segment, offset + 100)
+    elif damage == "directory":  # every page of the segment
+        segment = pages[0][0]
+        damaged = len([i for i in pages if pages[i][0] == segment])
+        errors = 1  # then removed: its other pages are simply missing
+        os.unlink(segment)
+        os.mkdir(segment)
     fs = _reopen(cache_dir)
     server.reset_counts()
     with caplog.at_level(logging.WARNING, logger="netcache"):
         assert fs.cat_file(url) == data
     st = fs.stats()
-    assert st.disk.rerr == 2 and st.retrievals.remote == 2
-    assert server.bytes_sent == 2 * BS
+    assert st.disk.rerr == errors and st.retrievals.remote == damaged
+    assert server.bytes_sent <= damaged * BS
     assert len([r for r in caplog.records if "disk-tier page" in r.getMessage()]) == 1
     assert fs.flush(30)
     # the damaged pages were replaced by good ones
@@ -101,7 +125,7 @@ def test_leftover_temporaries_are_removed(cache_dir: str, server: RangeServer) -
     fs = http_fs(cache_dir)
     fs.cat_file(f"{server.url}/small.bin")
     assert fs.flush(10)
-    folder = os.path.dirname(page_files(cache_dir)[0])
+    folder = os.path.dirname(segment_files(cache_dir)[0])
     dead = os.path.join(folder, ".tmp.999999999.abcdef")
     mine = os.path.join(folder, f".tmp.{os.getpid()}.abcdef")
     for path in (dead, mine):
@@ -210,7 +234,7 @@ fs = netcache.NetCacheFileSystem(target_protocol="http", cache_dir={cache_dir!r}
 assert len(fs.cat_file({url!r})) == {len(data)}
 """  # exits at once, without flush: the atexit hook stores what is pending
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
-    assert len(page_files(cache_dir)) == len(range(0, len(data), BS))
+    assert list(stored_pages(cache_dir)) == list(range(len(range(0, len(data), BS))))
     server.reset_counts()
     fs = http_fs(cache_dir, check_interval=None)
     assert fs.cat_file(url) == data and server.gets == 0
@@ -228,10 +252,10 @@ def test_hostile_files_are_at_worst_a_miss(server: RangeServer, cache_dir: str) 
             if name == "meta.json":  # not JSON, then JSON of the wrong shape
                 with open(path, "wb") as f:
                     f.write(b"\x80\x04\x95 pickle? __import__('os').system('false')")
-            elif name.endswith(".page"):
-                with open(path, "r+b") as f:
-                    f.seek(HEADER)
-                    f.write(b"\x00" * 64)  # valid header, other bytes
+    for segment, _, offset in stored_pages(cache_dir).values():
+        with open(segment, "r+b") as f:
+            f.seek(offset)
+            f.write(b"\x00" * 64)  # valid header, other bytes
     netcache.close_all()
     netcache.NetCacheFileSystem.clear_instance_cache()
     fs = http_fs(cache_dir, check_interval=None)
@@ -285,14 +309,18 @@ def test_pages_read_from_disk_are_mappings_of_their_files(
     page = fs.context.page_cache.lookup_resident([netcache.page.PageKey(cookie.file_id,
                                                  cookie.version, 1)])[0]  # fmt: skip
     assert isinstance(page.data, memoryview) and len(page.data) == BS
-    # netcache replaces (rename) and culls (unlink), never rewrites a file in place: a
-    # mapped page keeps its bytes whatever happens to its file
-    victim = page_files(cache_dir)[1]
+    # netcache culls (unlink), and writes a slot only with the bytes it holds: a mapped
+    # page keeps its bytes whatever happens to its segment's name, and to other slots
+    victim = segment_files(cache_dir)[0]
+    fs.context.backend.discard_page(  # clears page 0's header (as for a damaged page)
+        netcache.page.PageKey(cookie.file_id, cookie.version, 0)
+    )
     replacement = victim + ".new"
     with open(replacement, "wb") as f:
         f.write(b"\0" * os.path.getsize(victim))
     os.replace(replacement, victim)
-    os.unlink(page_files(cache_dir)[0])
+    assert fs.cat_file(url, 0, 3 * BS) == data[: 3 * BS]
+    os.unlink(victim)
     assert fs.cat_file(url, 0, 3 * BS) == data[: 3 * BS]
 
 
@@ -381,7 +409,7 @@ def test_a_folder_that_cannot_be_mapped_is_read_by_copy(
     fs = http_fs(cache_dir, check_interval=None)
     assert fs.cat_file(url) == data and fs.flush(30)
 
-    def refuse(fd: int, size: int) -> object:
+    def refuse(fd: int, offset: int, length: int) -> object:
         raise OSError(19, "No such device")  # ENODEV: this filesystem cannot map files
 
     monkeypatch.setattr(directory, "_map_file", refuse)
@@ -396,23 +424,27 @@ def test_readahead_tells_the_disk_which_pages_come_next(
     server: RangeServer, cache_dir: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fs, url, data, half = _first_half_on_disk(server, cache_dir)
-    advised: list[str] = []
+    advised: list[tuple[str, int, int]] = []
     fadvise = os.posix_fadvise
 
     def recording(fd: int, offset: int, length: int, advice: int) -> None:
         if advice == os.POSIX_FADV_WILLNEED:
-            advised.append(os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
+            advised.append((os.readlink(f"/proc/self/fd/{fd}"), offset, length))
         fadvise(fd, offset, length, advice)
 
     monkeypatch.setattr(os, "posix_fadvise", recording)
     with fs.open(url) as f:
         got = b"".join(iter(lambda: f.read(100_000), b""))
     assert got == data
-    on_disk = {os.path.basename(p) for p in page_files(cache_dir)}
-    indices = sorted(int(name.split(".")[-2], 16) for name in advised)
-    # every hint names a page file that exists, ahead of the reader; none is repeated
-    assert set(advised) <= on_disk and len(advised) == len(set(advised))
-    assert indices and indices[0] > 0 and indices[-1] == half // BS - 1
+    where = {(path, offset): index for index, (path, _, offset) in stored_pages(cache_dir).items()}
+    hinted = set()
+    for path, offset, length in advised:  # each hint spans stored pages of one segment
+        first, last = where[(path, offset)], where[(path, offset + length - BS)]
+        hinted.update(range(first, last + 1))
+    # pages on disk ahead of the reader were hinted, up to the last; not those it was
+    # already reading when the window reached them
+    assert hinted <= set(range(1, half // BS)) and max(hinted) == half // BS - 1
+    assert len(hinted) >= half // BS * 3 // 4
     assert fs.stats().retrievals.disk == half // BS and fs.stats().disk.rerr == 0
 
 
@@ -432,10 +464,12 @@ def test_disk_hits_share_recency_through_mtimes_at_a_grain(cache_dir: str) -> No
     from netcache.backends.directory import _RECENCY_GRAIN
 
     backend = DirectoryBackend(cache_dir, BS, 64 * MiB)
-    stale, fresh = (netcache.page.PageKey("ab" * 16, "cd" * 16, i) for i in range(2))
+    # pages in two segments
+    stale, fresh = (netcache.page.PageKey("ab" * 16, "cd" * 16, i * backend.segment_pages)
+                    for i in range(2))  # fmt: skip
     for key in (stale, fresh):
         backend.store_page(key, payload(BS, key.index))
-    files = {int(p.split(".")[-2], 16): p for p in page_files(cache_dir)}
+    files = segment_files(cache_dir)
     long_ago = os.stat(files[0]).st_mtime - 3600
     recently = os.stat(files[1]).st_mtime - _RECENCY_GRAIN / 2
     os.utime(files[0], (long_ago, long_ago))
@@ -453,7 +487,7 @@ def test_a_page_folder_removed_under_a_writer_is_made_again(cache_dir: str) -> N
     backend = DirectoryBackend(cache_dir, BS, 64 * MiB)
     keys = [netcache.page.PageKey("ab" * 16, "cd" * 16, i) for i in range(2)]
     backend.store_page(keys[0], payload(BS, 1))
-    shutil.rmtree(os.path.dirname(page_files(cache_dir)[0]))  # e.g. `netcache clear`
+    shutil.rmtree(os.path.dirname(segment_files(cache_dir)[0]))  # e.g. `netcache clear`
     backend.store_page(keys[1], payload(BS, 2))
     assert backend.load_page(keys[0]) is None
     assert bytes(backend.load_page(keys[1])) == payload(BS, 2)  # type: ignore[arg-type]
@@ -504,14 +538,14 @@ def test_a_cold_read_of_a_new_file_does_not_look_for_its_pages_on_disk(
     pages = len(range(0, len(data), BS))
     fs = http_fs(cache_dir, check_interval=None, readahead=False)
     backend = fs.context.backend
-    opened: list[str] = []
-    read_file = backend._read_page_file
+    opened: list[int] = []
+    read_slot = backend._read_slot
 
-    def recording(path: str, key: netcache.page.PageKey) -> object:
-        opened.append(path)
-        return read_file(path, key)
+    def recording(fd: int, key: netcache.page.PageKey, slot: int) -> object:
+        opened.append(key.index)
+        return read_slot(fd, key, slot)
 
-    backend._read_page_file = recording  # type: ignore[method-assign]
+    backend._read_slot = recording  # type: ignore[method-assign]
     assert fs.cat_file(url) == data and fs.flush(30)
     assert opened == []  # its folder is new: no page file can be there but ours
     assert fs.reclaim(len(data)) >= len(data)  # every page stored: all released

@@ -22,7 +22,7 @@ from conftest import BS, payload
 import netcache
 from netcache.backends import DirectoryBackend
 from netcache.backends.base import HEADER_SIZE
-from netcache.backends.directory import LAYOUT
+from netcache.backends.directory import LAYOUT, parse_segment_name, stored_slots
 
 CRASH_CYCLES = int(os.environ.get("NETCACHE_CRASH_CYCLES", "30"))
 PAGE_FILE = HEADER_SIZE + BS
@@ -40,14 +40,16 @@ def make_sources(root: str, n: int, npages: int) -> dict[str, bytes]:
 
 
 def folder_state(cache_dir: str) -> tuple[int, int, list[str]]:
-    """Bytes and count of page files, and leftover temporaries, in the cache folder."""
+    """Bytes of segment files, pages stored in them, and leftover temporaries, in the
+    cache folder."""
     size = count = 0
     temps = []
     for folder, _, names in os.walk(os.path.join(cache_dir, LAYOUT)):
         for n in names:
-            if n.endswith(".page"):
+            parsed = parse_segment_name(n)
+            if parsed is not None:
                 size += os.path.getsize(os.path.join(folder, n))
-                count += 1
+                count += stored_slots(os.path.join(folder, n), parsed[2]).bit_count()
             elif n.startswith(".tmp."):
                 temps.append(n)
     return size, count, temps
@@ -82,12 +84,14 @@ def reader_script(limit_pages: int, memory_pages: int = 64) -> str:
     return READER.format(bs=BS, limit=limit_pages * PAGE_FILE, memory=memory_pages * BS)
 
 
-def test_kill_9_at_random_moments(tmp_path) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("limit_pages", [40, 4096])
+def test_kill_9_at_random_moments(tmp_path, limit_pages: int) -> None:  # type: ignore[no-untyped-def]
+    # 40: the files hold 64 pages, culling runs all the time, segments of 2 pages;
+    # 4096: nothing is culled, every file's pages share one segment
     root = str(tmp_path / "src")
     os.mkdir(root)
     files = make_sources(root, 4, 16)
     cache = str(tmp_path / "cache")
-    limit_pages = 40  # the files hold 64 pages: culling runs all the time
     script = reader_script(limit_pages)
     rng = random.Random(9)
     killed = 0

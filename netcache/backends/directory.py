@@ -1,4 +1,5 @@
-"""DirectoryBackend: pages as checksummed files in a folder, shareable between processes."""
+"""DirectoryBackend: pages in checksummed segment files in a folder, shareable between
+processes."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import psutil
 
 from netcache.backends.base import (
     HEADER_SIZE,
+    MAGIC,
     Backend,
     DiskUsage,
     PageIndex,
@@ -29,63 +31,120 @@ from netcache.buffers import PageBuffer, empty_page_buffer
 from netcache.errors import CorruptPageError
 from netcache.page import PageKey
 
-LAYOUT = "netcache-v1"
+LAYOUT = "netcache-v2"  # v2: segment files (v1 held one file per page)
+SEGMENT_SUFFIX = ".seg"
+#: Pages a segment file holds at most (8 MiB of 128 KiB pages); fewer under small disk
+#: limits, so that culling (a whole segment at a time) stays fine-grained.
+MAX_SEGMENT_PAGES = 64
 _TMP_PREFIX = ".tmp."
 _STALE_TMP_SECONDS = 3600.0
-#: Seconds by which recency shared through mtimes may lag: a disk hit on a page file
+#: Seconds by which recency shared through mtimes may lag: a disk hit on a segment
 #: touched more recently than this does not touch it again (a syscall saved per hit).
 _RECENCY_GRAIN = 10.0
 #: Folders this process created, remembered at most (forgetting one only costs opening
 #: files that are not there).
 _MAX_CREATED = 1 << 16
 
-
 # Fault the whole page in with the mapping (one syscall, not one fault per 4 KiB).
 _MAP_FLAGS = mmap.MAP_PRIVATE | getattr(mmap, "MAP_POPULATE", 0)
-
-
 _WILLNEED: int | None = getattr(os, "POSIX_FADV_WILLNEED", None)
 
 
-def _map_file(fd: int, size: int) -> mmap.mmap:
-    return mmap.mmap(fd, size, flags=_MAP_FLAGS, prot=mmap.PROT_READ)
+def _map_file(fd: int, offset: int, length: int) -> memoryview:
+    """A private read-only mapping of ``length`` bytes of ``fd`` from ``offset``."""
+    aligned = offset - offset % mmap.ALLOCATIONGRANULARITY
+    mapping = mmap.mmap(fd, length + offset - aligned, flags=_MAP_FLAGS, prot=mmap.PROT_READ,
+                        offset=aligned)  # fmt: skip
+    return memoryview(mapping)[offset - aligned :]
+
+
+def segment_pages(block_size: int, limit: int) -> int:
+    """Pages per segment file for a disk tier of ``limit`` bytes: a segment is at most
+    1/16 of the limit."""
+    return max(1, min(MAX_SEGMENT_PAGES, limit // (16 * block_size)))
+
+
+def table_size(pages: int) -> int:
+    """Bytes of a segment's header table: page headers, padded so that page data starts
+    on an allocation boundary (it can be mapped in place)."""
+    grain = mmap.ALLOCATIONGRANULARITY
+    return -(-pages * HEADER_SIZE // grain) * grain
+
+
+def parse_segment_name(name: str) -> tuple[str, int, int, int] | None:
+    """(version, block size, pages per segment, segment number) of a segment file's
+    name, or None if it is not one."""
+    if not name.endswith(SEGMENT_SUFFIX):
+        return None
+    parts = name[: -len(SEGMENT_SUFFIX)].split(".")
+    if len(parts) != 4:
+        return None
+    try:
+        return parts[0], int(parts[1], 16), int(parts[2], 16), int(parts[3], 16)
+    except ValueError:
+        return None
+
+
+def stored_slots(path: str, pages: int) -> int:
+    """Bit ``i`` set for each slot of the segment at ``path`` whose header is written
+    (checked in full only when the page is read); 0 if it cannot be read."""
+    try:
+        with open(path, "rb", buffering=0) as f:
+            table = f.read(pages * HEADER_SIZE)
+    except OSError:
+        return 0
+    mask = 0
+    for slot in range(min(pages, len(table) // HEADER_SIZE)):
+        if table[slot * HEADER_SIZE : slot * HEADER_SIZE + len(MAGIC)] == MAGIC:
+            mask |= 1 << slot
+    return mask
 
 
 class DirectoryBackend(Backend):
-    """Each page in its own file, written to a temporary name and atomically renamed.
+    """Pages in segment files: each holds up to ``MAX_SEGMENT_PAGES`` consecutive pages
+    of one version of one remote file.
 
-    Layout under ``cache_dir/netcache-v1/files``: one folder per remote file, named by
-    the hash in its ``file_id`` (never by its path), holding ``meta.json`` and one
-    ``<version>.<block size>.<index>.page`` file per page. A page file starts with a
-    header (format version, length, the page it holds, CRC32C) that is checked on every
-    read, so a torn, truncated, flipped or misplaced file is a miss, never wrong bytes.
-    Folders are created ``0o700`` and files ``0o600``.
+    Layout under ``cache_dir/netcache-v2/files``: one folder per remote file, named by
+    the hash in its ``file_id`` (never by its path), holding ``meta.json`` and segment
+    files ``<version>.<block size>.<pages per segment>.<segment>.seg``. A segment starts
+    with a table of page headers (format version, length, the page it holds, CRC32C),
+    then one slot per page at a fixed offset. A page's header is written after its
+    bytes, and checked with the bytes' CRC32C on every read, so a torn, truncated,
+    flipped or misplaced page is a miss, never wrong bytes; a damaged page's header is
+    cleared and the page stored again from the remote. Folders are ``0o700``, files
+    ``0o600``.
+
+    Why segments: one file per page cost an inode allocation and a rename on every store
+    (in the kernel, about 1 ms of CPU per page here, under contention for the folder's
+    lock), and pages read back one file at a time after they left the OS page cache.
+    Stores are now two ``pwrite`` calls into an open-by-name file, and the kernel reads
+    a segment ahead as one file.
 
     Sharing: readers and writers in several processes may use one folder, lock-free.
-    Writers never expose a partial file (the rename is atomic on POSIX), so a reader sees
-    either no page or a whole one; a reader that has a page open keeps reading it even if
-    another process culls it (unlink), and a page culled just before it is opened is a
-    miss. A page missing from this process's index, in a file folder this process
-    created, is a miss without a look (a cold read of a new file would otherwise try to
-    open every page in vain); a page another process stored there is found after the
-    next rebuild of the index. Recency is shared through the files' mtimes (set on
-    write, and on a disk hit of a file not touched in the last ten seconds). Each
-    process keeps an LRU index of the folder, rebuilt from it at start and again after
-    every ``max(8, pages/8)`` stores, and culls the least recently used pages of the
-    whole folder, whoever wrote them. Slack: between two rebuilds, each other process
-    may add that many pages unseen, plus one ``meta.json`` per file and the temporary
-    files of writes in progress.
+    Two processes storing the same page write the same bytes; a reader sees a page only
+    once its header is written, after its bytes. A page missing from this process's
+    index, in a file folder this process created, is a miss without a look (a cold read
+    of a new file would otherwise open its segments in vain); pages another process
+    stored there are found after the next rebuild of the index. Recency is shared
+    through the segments' mtimes (set on write, and on a disk hit of a segment not
+    touched in the last ten seconds). Each process keeps an LRU index of the segments
+    of the folder, rebuilt from it (names, sizes, header tables) at start and again
+    after every ``max(8, pages/8)`` stores, and culls the least recently used segments
+    of the whole folder, whoever wrote them. Slack: between two rebuilds, each other
+    process may add that many pages unseen, plus one ``meta.json`` per file.
 
-    Reading: a page loaded from disk is a private read-only mapping of its file, used in
+    Reading: a page loaded from disk is a private read-only mapping of its slot, used in
     place (no copy into fresh memory, and its memory is the OS page cache's); dropping
-    the page unmaps it. netcache never changes a page file in place (it renames over it
-    or unlinks it, and a mapping keeps its own inode), so only someone truncating a page
-    file by hand while a process has it mapped could fault that process (SIGBUS): clear
-    a folder with ``python -m netcache clear``, which unlinks.
+    the page unmaps it. netcache only ever writes a slot with the bytes it already holds
+    or clears a header, and never shortens a segment (culling unlinks it; a mapping
+    keeps its inode), so only someone truncating a segment by hand while a process has
+    it mapped could fault that process (SIGBUS): clear a folder with
+    ``python -m netcache clear``, which unlinks.
 
-    Thread-safety: one lock guards the index and counters; file I/O runs outside it.
-    Page files are not fsynced: a process crash cannot tear them (the kernel holds the
-    data), and after a power loss the checksum turns a torn page into a miss.
+    Thread-safety: one lock guards the index, the slot masks and the counters; file I/O
+    runs outside it. Segments are not fsynced: a process crash cannot tear them (the
+    kernel holds the data), and after a power loss the checksum turns a torn page into
+    a miss.
     """
 
     def __init__(self, cache_dir: str, block_size: int, limit: int) -> None:
@@ -94,9 +153,12 @@ class DirectoryBackend(Backend):
         self.root = os.path.join(os.path.abspath(os.path.expanduser(cache_dir)), LAYOUT)
         self.files = os.path.join(self.root, "files")
         _makedirs_private(self.files)
+        self.segment_pages = segment_pages(block_size, limit)
+        self._table = table_size(self.segment_pages)
+        self._suffix = f".{block_size:x}.{self.segment_pages:x}."
         self._lock = threading.Lock()
-        self._index = PageIndex(limit)
-        self._suffix = f".{block_size:x}."
+        self._index = PageIndex(limit)  # segment (relative path) -> bytes
+        self._slots: dict[str, int] = {}  # segment -> bit i set if slot i is stored
         self._stores_since_rescan = 0
         # folders known to exist (a write that finds one gone creates it again)
         self._folders: set[str] = set()
@@ -106,100 +168,134 @@ class DirectoryBackend(Backend):
         self._tmp_prefix = ""
         self._tmp_seq = itertools.count()
         self._rescan_lock = threading.Lock()
-        # pages indexed since the running rescan listed the folder: kept by its rebuild
-        self._since_listing: dict[str, int] = {}
+        # segments indexed since the running rescan listed the folder: kept by its rebuild
+        self._since_listing: dict[str, tuple[int, int]] = {}
         self._rescan()
 
     # -- pages ---------------------------------------------------------------------------
 
-    def _page_path(self, key: PageKey) -> tuple[str, str]:
-        rel = f"{key.file_id[:2]}/{key.file_id}/{key.version}{self._suffix}{key.index:x}.page"
-        return rel, os.path.join(self.files, rel)
+    def _locate(self, key: PageKey) -> tuple[str, str, int]:
+        """The page's segment (relative path, absolute path) and slot."""
+        segment, slot = divmod(key.index, self.segment_pages)
+        rel = f"{key.file_id[:2]}/{key.file_id}/{key.version}{self._suffix}{segment:x}.seg"
+        return rel, os.path.join(self.files, rel), slot
 
     def holds(self, key: PageKey) -> bool:
-        rel, _ = self._page_path(key)
+        rel, _, slot = self._locate(key)
         with self._lock:
-            return rel in self._index
+            return bool(self._slots.get(rel, 0) >> slot & 1)
 
     def will_need(self, keys: Sequence[PageKey]) -> None:
-        # One file per page: the kernel reads ahead within a file, never across files, so
-        # a reader going through page files one by one waits for each in turn (about 300
-        # MiB/s here after they leave the OS page cache, 2-3x that with this hint).
+        # The kernel reads ahead within a file as it is read; a reader moving from one
+        # segment to the next would still wait at each start without this hint.
         if _WILLNEED is None:
             return
+        spans: dict[str, list[int]] = {}
         for key in keys:
+            _, path, slot = self._locate(key)
+            spans.setdefault(path, []).append(slot)
+        bs = self.block_size
+        for path, slots in spans.items():
             try:
-                fd = os.open(self._page_path(key)[1], os.O_RDONLY)
+                fd = os.open(path, os.O_RDONLY)
             except OSError:
                 continue
             try:
-                os.posix_fadvise(fd, 0, 0, _WILLNEED)
+                first, last = min(slots), max(slots)
+                os.posix_fadvise(fd, self._table + first * bs, (last - first + 1) * bs, _WILLNEED)
             except OSError:
                 pass
             finally:
                 os.close(fd)
 
     def load_page(self, key: PageKey) -> PageBuffer | None:
-        rel, path = self._page_path(key)
-        if not self._may_hold(rel):
-            # A cold read of a new file would try to open each of its pages in vain, in
-            # the folder write-back is creating files in: both contend for its lock.
+        rel, path, slot = self._locate(key)
+        if not self._may_hold(rel, slot):
             return None
         try:
-            data, mtime = self._read_page_file(path, key)
+            fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:
             self._forget(rel)
             return None
+        except OSError as exc:
+            raise CorruptPageError(f"page {key.index}: segment unreadable: {exc!r}") from exc
+        try:
+            found = self._read_slot(fd, key, slot)
         except OSError:
-            self._forget(rel)
-            _remove_any(path)
+            self._clear_slot(rel, path, slot)
             raise
-        if time.time() - mtime > _RECENCY_GRAIN:
+        finally:
+            os.close(fd)
+        if found is None:
+            self._clear_bit(rel, slot)
+            return None
+        data, st = found
+        if time.time() - st.st_mtime > _RECENCY_GRAIN:
             with contextlib.suppress(OSError):
                 os.utime(path)  # recency that other processes' culling can see
         with self._lock:
             if rel in self._index:
-                self._index[rel]
-            else:  # written by another process
-                self._index[rel] = self._since_listing[rel] = HEADER_SIZE + len(data)
+                self._index[rel]  # most recently used
+            self._slots[rel] = self._slots.get(rel, 0) | 1 << slot
+            if rel not in self._index:  # written by another process
+                self._index_segment(rel, st.st_size)
             culled = self._take_culled()
         self._unlink_culled(culled)
         return data
 
-    def _read_page_file(self, path: str, key: PageKey) -> tuple[PageBuffer, float]:
-        """The page's bytes, checked, and its file's mtime."""
-        try:
-            f = open(path, "rb", buffering=0)  # noqa: SIM115 - closed below
-        except IsADirectoryError as exc:
-            raise CorruptPageError(f"page {key.index}: a directory stands in its place") from exc
-        with f:
-            st = os.fstat(f.fileno())
-            size = st.st_size
-            if size <= HEADER_SIZE:
-                raise CorruptPageError(f"page {key.index}: truncated file")
-            try:
-                view = memoryview(_map_file(f.fileno(), size))
-            except OSError:  # a filesystem that cannot map files (some FUSE and network ones)
-                view = memoryview(empty_page_buffer(size))
-                if f.readinto(view) != size:
-                    raise CorruptPageError(f"page {key.index}: file changed while read") from None
-        header = bytes(view[:HEADER_SIZE])
+    def _read_slot(
+        self, fd: int, key: PageKey, slot: int
+    ) -> tuple[PageBuffer, os.stat_result] | None:
+        """The page in ``slot``, checked, and the segment's stat; None if the slot holds
+        no page."""
+        header = os.pread(fd, HEADER_SIZE, slot * HEADER_SIZE)
+        if len(header) < HEADER_SIZE or not header.startswith(MAGIC):
+            return None  # never written, or cleared
         length = check_header(header, key, self.block_size)
-        if size != HEADER_SIZE + length:
-            raise CorruptPageError(f"page {key.index}: file length does not match header")
-        data = view[HEADER_SIZE:]
-        check_payload(header, key, data)
-        return data, st.st_mtime
+        st = os.fstat(fd)
+        offset = self._table + slot * self.block_size
+        if st.st_size < offset + length:
+            raise CorruptPageError(f"page {key.index}: segment truncated")
+        try:
+            data: PageBuffer = _map_file(fd, offset, length)
+        except OSError:  # a filesystem that cannot map files (some FUSE and network ones)
+            buf = empty_page_buffer(length)
+            if os.preadv(fd, [buf], offset) != length:
+                raise CorruptPageError(f"page {key.index}: segment changed while read") from None
+            data = buf
+        check_payload(header, key, data)  # type: ignore[arg-type]
+        return data, st
 
     def store_page(self, key: PageKey, data: PageBuffer) -> None:
-        rel, path = self._page_path(key)
-        self._write_atomic(path, (page_header(key, self.block_size, data), data))
+        rel, path, slot = self._locate(key)
+        header = page_header(key, self.block_size, data)
+        folder = os.path.dirname(path)
+        if folder not in self._folders:
+            self._made_folder(folder)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except FileNotFoundError:  # the folder was removed since (a clear, a cull)
+            self._made_folder(folder)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            # bytes first, header last: a reader never takes a page whose bytes are not
+            # all there (and a crash in between leaves a slot that reads as empty)
+            _pwrite_all(fd, data, self._table + slot * self.block_size)
+            _pwrite_all(fd, header, slot * HEADER_SIZE)
+            size = os.fstat(fd).st_size
+        finally:
+            os.close(fd)
         with self._lock:
-            self._index[rel] = self._since_listing[rel] = HEADER_SIZE + len(data)
+            self._slots[rel] = self._slots.get(rel, 0) | 1 << slot
+            fits = self._index_segment(rel, size)
             culled = self._take_culled()
             self._stores_since_rescan += 1
-            due = self._stores_since_rescan >= max(8, len(self._index) // 8)
+            due = self._stores_since_rescan >= max(8, self._pages() // 8)
         self._unlink_culled(culled)
+        if not fits:
+            self._forget(rel)
+            _remove_any(path)
+            raise ValueError(f"a segment of {size} bytes does not fit disk_limit={self.limit}")
         if due and self._rescan_lock.acquire(blocking=False):
             try:  # see what other processes stored, and cull the folder as a whole
                 self._rescan()
@@ -207,9 +303,8 @@ class DirectoryBackend(Backend):
                 self._rescan_lock.release()
 
     def discard_page(self, key: PageKey) -> None:
-        rel, path = self._page_path(key)
-        self._forget(rel)
-        _remove_any(path)
+        rel, path, slot = self._locate(key)
+        self._clear_slot(rel, path, slot)
 
     # -- metadata ------------------------------------------------------------------------
 
@@ -226,7 +321,7 @@ class DirectoryBackend(Backend):
 
     def store_meta(self, file_id: str, meta: dict[str, Any]) -> None:
         path = os.path.join(self._file_dir(file_id), "meta.json")
-        self._write_atomic(path, (json.dumps(meta, sort_keys=True).encode(),))
+        self._write_atomic(path, json.dumps(meta, sort_keys=True).encode())
 
     # -- whole files and the folder --------------------------------------------------------
 
@@ -239,25 +334,26 @@ class DirectoryBackend(Backend):
         removed = 0
         prefix = f"{file_id[:2]}/{file_id}/"
         for name in names:
-            if not name.endswith(".page"):
+            parsed = parse_segment_name(name)
+            if parsed is None or parsed[0] == keep_version:
                 continue
-            if keep_version is not None and name.startswith(keep_version + "."):
-                continue
+            path = os.path.join(folder, name)
+            removed += bin(stored_slots(path, parsed[2])).count("1")
             self._forget(prefix + name)
-            _remove_any(os.path.join(folder, name))
-            removed += 1
+            _remove_any(path)
         if keep_version is None:
             _remove_any(os.path.join(folder, "meta.json"))
             with contextlib.suppress(OSError):
                 os.rmdir(folder)
             self._folders.discard(folder)
             with self._lock:
-                self._created.pop(os.path.relpath(folder, self.files), None)
+                self._created.pop(prefix[:-1], None)
         return removed
 
     def clear(self) -> None:
         with self._lock:
             self._index.forget_all()
+            self._slots = {}
             self._since_listing = {}
             self._folders.clear()
             self._created.clear()
@@ -266,11 +362,60 @@ class DirectoryBackend(Backend):
 
     def usage(self) -> DiskUsage:
         with self._lock:
-            return self._index.usage()
+            usage = self._index.usage()
+            return DiskUsage(usage.used, usage.limit, self._pages(), usage.culls, usage.cbytes)
 
     # -- helpers ---------------------------------------------------------------------------
 
-    def _write_atomic(self, path: str, chunks: tuple[PageBuffer, ...]) -> None:
+    def _pages(self) -> int:
+        """Pages indexed (caller holds the lock)."""
+        return sum(mask.bit_count() for mask in self._slots.values())
+
+    def _index_segment(self, rel: str, size: int) -> bool:
+        """Record a segment's size and slots as most recently used; False if it is larger
+        than the whole limit (caller holds the lock)."""
+        if size > self.limit:
+            return False
+        if rel in self._index:
+            self._index[rel]  # most recently used first, so it is not its own victim
+        self._index[rel] = size
+        self._since_listing[rel] = (size, self._slots.get(rel, 0))
+        return True
+
+    def _may_hold(self, rel: str, slot: int) -> bool:
+        """False only for a page that cannot be on disk: one missing from the index, in a
+        folder this process created (every segment in it holds pages this process
+        stored, or pages another process stored since, indexed at the next rescan)."""
+        with self._lock:
+            if self._slots.get(rel, 0) >> slot & 1:
+                return True
+            return rel.rsplit("/", 1)[0] not in self._created
+
+    def _clear_bit(self, rel: str, slot: int) -> None:
+        with self._lock:
+            if rel in self._slots:
+                self._slots[rel] &= ~(1 << slot)
+
+    def _clear_slot(self, rel: str, path: str, slot: int) -> None:
+        """Make a slot read as empty (its page is fetched and stored again)."""
+        self._clear_bit(rel, slot)
+        try:
+            fd = os.open(path, os.O_WRONLY)
+        except FileNotFoundError:
+            return
+        except OSError:  # not a file (a folder in its place): remove whatever it is
+            self._forget(rel)
+            _remove_any(path)
+            return
+        try:
+            _pwrite_all(fd, bytes(HEADER_SIZE), slot * HEADER_SIZE)
+        except OSError:
+            self._forget(rel)
+            _remove_any(path)
+        finally:
+            os.close(fd)
+
+    def _write_atomic(self, path: str, blob: bytes) -> None:
         folder = os.path.dirname(path)
         if folder not in self._folders:
             self._made_folder(folder)
@@ -282,14 +427,7 @@ class DirectoryBackend(Backend):
                 self._made_folder(folder)
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
-                views = [memoryview(chunk).cast("B") for chunk in chunks]
-                while views:  # one call for header and page; loop only on a short write
-                    done = os.writev(fd, views)
-                    while views and done >= len(views[0]):
-                        done -= len(views[0])
-                        views.pop(0)
-                    if views and done:
-                        views[0] = views[0][done:]
+                _pwrite_all(fd, blob, 0)
             finally:
                 os.close(fd)
             os.replace(tmp, path)
@@ -308,13 +446,6 @@ class DirectoryBackend(Backend):
                 if len(self._created) > _MAX_CREATED:
                     del self._created[next(iter(self._created))]
 
-    def _may_hold(self, rel: str) -> bool:
-        """False only for a page that cannot be on disk: one missing from the index, in a
-        folder this process created (so every page file in it is one this process
-        stored, or one another process stored since, indexed at the next rescan)."""
-        with self._lock:
-            return rel in self._index or rel.rsplit("/", 1)[0] not in self._created
-
     def _tmp_name(self) -> str:
         # Named by pid (a rescan removes the temporaries of dead writers), a random token
         # (pids are reused) and a counter; made again in a forked child.
@@ -326,12 +457,14 @@ class DirectoryBackend(Backend):
     def _forget(self, rel: str) -> None:
         with self._lock:
             self._index.pop(rel, None)
+            self._slots.pop(rel, None)
             self._since_listing.pop(rel, None)
 
     def _take_culled(self) -> list[tuple[str, int]]:
-        """Culled pages to unlink (caller holds the lock)."""
+        """Culled segments to unlink (caller holds the lock)."""
         culled = self._index.take_culled()
         for rel, _ in culled:
+            self._slots.pop(rel, None)
             self._since_listing.pop(rel, None)
         return culled
 
@@ -342,7 +475,7 @@ class DirectoryBackend(Backend):
     def _rescan(self) -> None:
         """Rebuild the index from the folder (least recently used first, by mtime), cull
         it to the limit, and remove temporaries of dead writers."""
-        found: list[tuple[float, str, int]] = []
+        found: list[tuple[float, str, int, int]] = []
         now = time.time()
         with self._lock:
             self._since_listing = {}
@@ -352,28 +485,45 @@ class DirectoryBackend(Backend):
                 with contextlib.suppress(OSError):
                     if _writer_gone(name) or now - entry.stat().st_mtime > _STALE_TMP_SECONDS:
                         _remove_any(entry.path)
-            elif name.endswith(".page"):
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                except OSError:
-                    continue
-                found.append((st.st_mtime, rel, st.st_size))
+                continue
+            parsed = parse_segment_name(name)
+            if parsed is None:
+                continue
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            # segments of another layout (block size, pages per segment) take room too,
+            # but hold no page this process can read
+            mine = parsed[1:3] == (self.block_size, self.segment_pages)
+            mask = stored_slots(entry.path, parsed[2]) if mine else 0
+            found.append((st.st_mtime, rel, st.st_size, mask))
         found.sort()
         with self._lock:
             self._stores_since_rescan = 0
             self._index.forget_all()
-            for _, rel, size in found:
+            self._slots = {}
+            for _, rel, size, mask in found:
                 if size <= self.limit:
                     self._index[rel] = size
-            for rel, size in self._since_listing.items():  # newer than the listing
+                    self._slots[rel] = mask
+            for rel, (size, mask) in self._since_listing.items():  # newer than the listing
                 self._index[rel] = size
+                self._slots[rel] = self._slots.get(rel, 0) | mask
             culled = self._take_culled()
         self._unlink_culled(culled)
 
 
+def _pwrite_all(fd: int, data: PageBuffer | bytes, offset: int) -> None:
+    view = memoryview(data).cast("B")
+    while view:
+        done = os.pwrite(fd, view, offset)
+        view, offset = view[done:], offset + done
+
+
 def _entries(top: str, rel: str = "") -> Iterator[tuple[str, os.DirEntry[str]]]:
-    """Every entry under ``top`` that is not a folder (or is a folder named like a page
-    file, which a read then finds damaged), with its path relative to ``top``."""
+    """Every entry under ``top`` that is not a folder (or is a folder named like a
+    segment, which a read then finds damaged), with its path relative to ``top``."""
     try:
         listing = os.scandir(top)
     except OSError:
@@ -382,7 +532,7 @@ def _entries(top: str, rel: str = "") -> Iterator[tuple[str, os.DirEntry[str]]]:
         for entry in listing:
             name = rel + entry.name
             try:
-                folder = entry.is_dir(follow_symlinks=False) and not name.endswith(".page")
+                folder = entry.is_dir(follow_symlinks=False) and not name.endswith(SEGMENT_SUFFIX)
             except OSError:
                 continue
             if folder:
