@@ -16,7 +16,7 @@ from netcache.sizes import format_size
 
 @dataclass
 class CachedFile:
-    """One remote file in a cache folder, as its metadata and page files say."""
+    """One remote file in a cache folder, as its metadata and segment files say."""
 
     url: str | None
     size: int | None

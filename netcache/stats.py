@@ -113,7 +113,9 @@ class InvalidationStats:
 class DiskStats:
     """Disk tier: bytes and pages held now, the limit, culls, and trouble.
 
-    ``rerr``: pages that could not be read back (missing, corrupt, unreadable) and were
+    ``culls``/``cbytes``: what culling removed to stay within ``disk_limit`` (segments
+    of pages for the directory backend, pages for a mapping backend); ``rerr``: pages
+    that could not be read back (missing, corrupt, unreadable) and were
     fetched from the remote instead; ``werr``: pages or metadata the disk tier failed to
     write.
     """

@@ -26,7 +26,7 @@ class MappingBackend(Backend):
         MappingBackend(zict.File("/data/pages"), block_size=..., limit="10GiB")
         MappingBackend(zict.Func(zlib.compress, zlib.decompress, zict.File(path)), ...)
 
-    Each value carries the same checksummed header as a directory-backend page file, so
+    Each value carries the same checksummed header as a directory-backend page, so
     a torn or corrupt value is a miss, never wrong bytes, and the LRU culling within
     ``limit`` is done here (cachetools). What it does not give, compared with
     :class:`~netcache.backends.directory.DirectoryBackend`: atomic writes (``zict.File``
