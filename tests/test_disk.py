@@ -570,3 +570,44 @@ def test_pages_another_process_stores_in_a_folder_this_one_made_are_found(
     assert mine.load_page(keys[1]) is None  # not looked for until the index is rebuilt
     mine._rescan()
     assert bytes(mine.load_page(keys[1])) == payload(BS, 2)  # type: ignore[arg-type]
+
+
+def test_a_slot_is_written_once(cache_dir: str) -> None:
+    from netcache.backends import DirectoryBackend
+
+    backend = DirectoryBackend(cache_dir, BS, 64 * MiB)
+    key = netcache.page.PageKey("ab" * 16, "cd" * 16, 3)
+    backend.store_page(key, payload(BS, 1))
+    mapped = backend.load_page(key)
+    assert mapped is not None and bytes(mapped) == payload(BS, 1)
+    # another writer with other bytes for the same page (a remote whose version tag did
+    # not change with its content): what is on disk, and mapped, stays as it was
+    DirectoryBackend(cache_dir, BS, 64 * MiB).store_page(key, payload(BS, 2))
+    assert bytes(mapped) == payload(BS, 1)
+    assert bytes(backend.load_page(key)) == payload(BS, 1)  # type: ignore[arg-type]
+    backend.discard_page(key)  # a cleared slot takes a page again
+    backend.store_page(key, payload(BS, 2))
+    assert bytes(backend.load_page(key)) == payload(BS, 2)  # type: ignore[arg-type]
+
+
+def test_segments_count_the_pages_they_hold(cache_dir: str) -> None:
+    from netcache.backends import DirectoryBackend
+
+    limit = 64 * MiB
+    reader = DirectoryBackend(cache_dir, BS, limit)  # another process, started first
+    writer = DirectoryBackend(cache_dir, BS, limit)
+    per = writer.segment_pages
+    assert per == 64 and table_size(per) % 4096 == 0
+    far = netcache.page.PageKey("ab" * 16, "cd" * 16, per - 1)  # the last slot only
+    writer.store_page(far, payload(BS, 1))
+    (segment,) = segment_files(cache_dir)
+    assert os.path.getsize(segment) == table_size(per) + per * BS  # sparse
+    assert writer.usage().used == table_size(per) + BS and writer.usage().pages == 1
+    for i in range(3):
+        writer.store_page(far._replace(index=i), payload(BS, i))
+    assert writer.usage().pages == 4 and writer.usage().used == table_size(per) + 4 * BS
+    # a process reading one page of a segment it did not know counts all it holds
+    assert reader.usage().pages == 0
+    assert bytes(reader.load_page(far._replace(index=1))) == payload(BS, 1)  # type: ignore[arg-type]
+    assert reader.usage().pages == 4 and reader.usage().used == table_size(per) + 4 * BS
+    assert DirectoryBackend(cache_dir, BS, limit).usage().pages == 4  # and so does a rescan

@@ -22,7 +22,7 @@ from conftest import BS, payload
 import netcache
 from netcache.backends import DirectoryBackend
 from netcache.backends.base import HEADER_SIZE
-from netcache.backends.directory import LAYOUT, parse_segment_name, stored_slots
+from netcache.backends.directory import LAYOUT, parse_segment_name, stored_slots, table_size
 
 CRASH_CYCLES = int(os.environ.get("NETCACHE_CRASH_CYCLES", "30"))
 PAGE_FILE = HEADER_SIZE + BS
@@ -40,16 +40,17 @@ def make_sources(root: str, n: int, npages: int) -> dict[str, bytes]:
 
 
 def folder_state(cache_dir: str) -> tuple[int, int, list[str]]:
-    """Bytes of segment files, pages stored in them, and leftover temporaries, in the
-    cache folder."""
+    """Bytes of segment files (as the disk tier counts them), pages stored in them, and
+    leftover temporaries, in the cache folder."""
     size = count = 0
     temps = []
     for folder, _, names in os.walk(os.path.join(cache_dir, LAYOUT)):
         for n in names:
             parsed = parse_segment_name(n)
-            if parsed is not None:
-                size += os.path.getsize(os.path.join(folder, n))
-                count += stored_slots(os.path.join(folder, n), parsed[2]).bit_count()
+            if parsed is not None:  # sparse: its table and the pages it holds
+                pages = stored_slots(os.path.join(folder, n), parsed[2]).bit_count()
+                size += table_size(parsed[2]) + pages * BS
+                count += pages
             elif n.startswith(".tmp."):
                 temps.append(n)
     return size, count, temps

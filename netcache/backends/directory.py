@@ -133,13 +133,16 @@ class DirectoryBackend(Backend):
     of the whole folder, whoever wrote them. Slack: between two rebuilds, each other
     process may add that many pages unseen, plus one ``meta.json`` per file.
 
+    Space: a segment is sparse; it counts as its table plus the pages it holds.
+
     Reading: a page loaded from disk is a private read-only mapping of its slot, used in
     place (no copy into fresh memory, and its memory is the OS page cache's); dropping
-    the page unmaps it. netcache only ever writes a slot with the bytes it already holds
-    or clears a header, and never shortens a segment (culling unlinks it; a mapping
-    keeps its inode), so only someone truncating a segment by hand while a process has
-    it mapped could fault that process (SIGBUS): clear a folder with
-    ``python -m netcache clear``, which unlinks.
+    the page unmaps it. A slot is written once (a store finding a page there leaves it,
+    until a damaged page's header is cleared), and a segment never shrinks (culling
+    unlinks it; a mapping keeps its inode), so the bytes under a mapping do not change,
+    and only someone truncating a segment by hand while a process has it mapped could
+    fault that process (SIGBUS): clear a folder with ``python -m netcache clear``, which
+    unlinks.
 
     Thread-safety: one lock guards the index, the slot masks and the counters; file I/O
     runs outside it. Segments are not fsynced: a process crash cannot tear them (the
@@ -234,11 +237,13 @@ class DirectoryBackend(Backend):
             with contextlib.suppress(OSError):
                 os.utime(path)  # recency that other processes' culling can see
         with self._lock:
-            if rel in self._index:
-                self._index[rel]  # most recently used
-            self._slots[rel] = self._slots.get(rel, 0) | 1 << slot
-            if rel not in self._index:  # written by another process
-                self._index_segment(rel, st.st_size)
+            known = rel in self._index
+        # a segment another process wrote: its table says which pages it holds
+        others = 0 if known else stored_slots(path, self.segment_pages)
+        with self._lock:
+            mask = self._slots.get(rel, 0) | others | 1 << slot
+            self._slots[rel] = mask
+            self._index_segment(rel, mask)
             culled = self._take_culled()
         self._unlink_culled(culled)
         return data
@@ -278,24 +283,28 @@ class DirectoryBackend(Backend):
             self._made_folder(folder)
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            # bytes first, header last: a reader never takes a page whose bytes are not
-            # all there (and a crash in between leaves a slot that reads as empty)
-            _pwrite_all(fd, data, self._table + slot * self.block_size)
-            _pwrite_all(fd, header, slot * HEADER_SIZE)
-            size = os.fstat(fd).st_size
+            # Written once: a slot holding a page (another process's, say) is left as it
+            # is, so bytes someone has mapped never change under them.
+            if os.pread(fd, len(MAGIC), slot * HEADER_SIZE) != MAGIC:
+                # bytes first, header last: a reader never takes a page whose bytes are
+                # not all there (and a crash in between leaves a slot that reads empty)
+                _pwrite_all(fd, data, self._table + slot * self.block_size)
+                _pwrite_all(fd, header, slot * HEADER_SIZE)
         finally:
             os.close(fd)
         with self._lock:
-            self._slots[rel] = self._slots.get(rel, 0) | 1 << slot
-            fits = self._index_segment(rel, size)
+            mask = self._slots.get(rel, 0) | 1 << slot
+            self._slots[rel] = mask
+            fits = self._index_segment(rel, mask)
             culled = self._take_culled()
             self._stores_since_rescan += 1
-            due = self._stores_since_rescan >= max(8, self._pages() // 8)
+            # pages held, counted as whole segments: O(1) under the lock
+            due = self._stores_since_rescan >= max(8, len(self._index) * self.segment_pages // 8)
         self._unlink_culled(culled)
         if not fits:
             self._forget(rel)
             _remove_any(path)
-            raise ValueError(f"a segment of {size} bytes does not fit disk_limit={self.limit}")
+            raise ValueError(f"a segment does not fit disk_limit={self.limit}")
         if due and self._rescan_lock.acquire(blocking=False):
             try:  # see what other processes stored, and cull the folder as a whole
                 self._rescan()
@@ -371,15 +380,21 @@ class DirectoryBackend(Backend):
         """Pages indexed (caller holds the lock)."""
         return sum(mask.bit_count() for mask in self._slots.values())
 
-    def _index_segment(self, rel: str, size: int) -> bool:
-        """Record a segment's size and slots as most recently used; False if it is larger
-        than the whole limit (caller holds the lock)."""
+    def _segment_bytes(self, mask: int) -> int:
+        """Disk space a segment of ours takes: its table and the pages it holds (a
+        segment is sparse: slots never written take none)."""
+        return self._table + mask.bit_count() * self.block_size
+
+    def _index_segment(self, rel: str, mask: int) -> bool:
+        """Record a segment of ours holding ``mask``'s pages as most recently used; False
+        if it is larger than the whole limit (caller holds the lock)."""
+        size = self._segment_bytes(mask)
         if size > self.limit:
             return False
         if rel in self._index:
             self._index[rel]  # most recently used first, so it is not its own victim
         self._index[rel] = size
-        self._since_listing[rel] = (size, self._slots.get(rel, 0))
+        self._since_listing[rel] = (size, mask)
         return True
 
     def _may_hold(self, rel: str, slot: int) -> bool:
@@ -493,11 +508,13 @@ class DirectoryBackend(Backend):
                 st = entry.stat(follow_symlinks=False)
             except OSError:
                 continue
-            # segments of another layout (block size, pages per segment) take room too,
-            # but hold no page this process can read
-            mine = parsed[1:3] == (self.block_size, self.segment_pages)
-            mask = stored_slots(entry.path, parsed[2]) if mine else 0
-            found.append((st.st_mtime, rel, st.st_size, mask))
+            # segments of another layout (block size, pages per segment) take room too
+            # (their allocated blocks), but hold no page this process can read
+            if parsed[1:3] == (self.block_size, self.segment_pages):
+                mask = stored_slots(entry.path, parsed[2])
+                found.append((st.st_mtime, rel, self._segment_bytes(mask), mask))
+            else:
+                found.append((st.st_mtime, rel, st.st_blocks * 512, 0))
         found.sort()
         with self._lock:
             self._stores_since_rescan = 0
