@@ -121,12 +121,14 @@ def test_kill_9_at_random_moments(tmp_path, limit_pages: int) -> None:  # type: 
     assert fs.stats().retrievals.disk > 0 and fs.stats().disk.rerr == 0
 
 
-def test_four_processes_one_folder(tmp_path) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("limit_pages", [24, 4096])
+def test_four_processes_one_folder(tmp_path, limit_pages: int) -> None:  # type: ignore[no-untyped-def]
+    # 24: the files hold 96 pages, one page a segment, culled all the time; 4096: the four
+    # processes store into the same 16-page segments at once
     root = str(tmp_path / "src")
     os.mkdir(root)
     make_sources(root, 6, 16)
     cache = str(tmp_path / "cache")
-    limit_pages = 24  # the files hold 96 pages
     script = reader_script(limit_pages, memory_pages=16)
     procs = [subprocess.Popen([sys.executable, "-c", script, root, cache, str(seed), "400"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -139,10 +141,13 @@ def test_four_processes_one_folder(tmp_path) -> None:  # type: ignore[no-untyped
         assert lines[0] == "ready" and lines[1].startswith("ok")
         disk_hits += int(lines[1].split()[1])
     assert disk_hits > 0  # they did share
-    size, _, temps = folder_state(cache)
+    size, count, temps = folder_state(cache)
     slack = 3 * max(8, limit_pages // 8) * PAGE_FILE  # documented in DirectoryBackend
     assert size <= limit_pages * PAGE_FILE + slack
     assert temps == []
+    # a new process's index is the folder as it leaves it (culled to the limit)
+    usage = DirectoryBackend(cache, BS, limit_pages * PAGE_FILE).usage()
+    assert (usage.used, usage.pages) == folder_state(cache)[:2] and usage.pages <= count
 
 
 @contextlib.contextmanager
