@@ -78,8 +78,8 @@ class NetCacheFileSystem(ChainedFileSystem):
         What reclaim does with pages whose store is pending; None is
         :class:`~netcache.policies.PressureGraded`.
     writeback_workers:
-        Threads storing pages into the disk tier, default 1 (on one folder, more
-        threads contend for its lock: two cost 1.5x the CPU per page of one).
+        Threads storing pages into the disk tier, default 1: one keeps up with a local
+        disk, and each more takes CPU from readers.
     check_interval:
         Seconds between checks that a remote file is unchanged (default 60); 0 checks on
         every open and every ``cat``; None means remote files never change.
@@ -518,7 +518,7 @@ class NetCacheFile(AbstractBufferedFile):
         """Up to ``length`` bytes from the position (all the rest if ``length`` < 0).
 
         Replaces fsspec's ``read``, which adds a cache layer (``"none"`` here) and
-        formats a debug log line on every call: a third of a warm 64 KiB read's time.
+        formats a debug log line on every call, on the path of every warm read.
         """
         length = -1 if length is None else int(length)
         if self.closed:

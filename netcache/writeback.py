@@ -23,9 +23,9 @@ logger = logging.getLogger("netcache")
 #: Stores deferred for lack of room, remembered at most (weak references: 16 bytes each).
 _MAX_DEFERRED = 1 << 16
 #: Niceness of the worker threads (on Linux each thread has its own): stores are
-#: background work and yield the CPU to readers, fetches and the event loop. On 2 cores,
-#: cold sequential reads with the disk tier went from 0.52 to 0.66 of a memory-only
-#: cache's rate (medians of 5), nice 10 gave 0.59.
+#: background work and yield the CPU to readers, fetches and the event loop. On 2 cores
+#: (one file per page then), cold sequential reads with the disk tier went from 0.52 to
+#: 0.66 of a memory-only cache's rate (medians of 5), nice 10 gave 0.59.
 WORKER_NICENESS = 19
 
 
@@ -45,8 +45,10 @@ class WritebackQueue:
     pending byte count. Workers hold it only to take a page and to finish one, never
     across the backend's I/O, so readers, reclaim and workers never wait on a store.
 
-    Workers run at the lowest CPU priority (``WORKER_NICENESS``, Linux): a store never
-    takes the CPU from a reader, so under load the queue fills and stores are deferred.
+    Workers run at the lowest CPU priority (``WORKER_NICENESS``, Linux): when the CPUs
+    are busy, readers run first and stores wait (the queue fills, and further stores are
+    deferred). A worker preempted while it holds the GIL delays Python threads until it
+    runs again; measured, the trade is still a gain for readers (see the constant).
 
     Implements :class:`~netcache.policies.release.StoreControl` for release policies.
     ``before_lock_hook``, if set, runs in ``cancel_if_pending`` between a policy's first
