@@ -541,9 +541,9 @@ def test_a_cold_read_of_a_new_file_does_not_look_for_its_pages_on_disk(
     opened: list[int] = []
     read_slot = backend._read_slot
 
-    def recording(fd: int, key: netcache.page.PageKey, slot: int) -> object:
+    def recording(fd: int, key: netcache.page.PageKey, slot: int, whole_table: bool) -> object:
         opened.append(key.index)
-        return read_slot(fd, key, slot)
+        return read_slot(fd, key, slot, whole_table)
 
     backend._read_slot = recording  # type: ignore[method-assign]
     assert fs.cat_file(url) == data and fs.flush(30)

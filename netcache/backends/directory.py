@@ -90,9 +90,13 @@ def stored_slots(path: str, pages: int) -> int:
     (checked in full only when the page is read); 0 if it cannot be read."""
     try:
         with open(path, "rb", buffering=0) as f:
-            table = f.read(pages * HEADER_SIZE)
+            return _slots_in(f.read(pages * HEADER_SIZE), pages)
     except OSError:
         return 0
+
+
+def _slots_in(table: bytes, pages: int) -> int:
+    """Bit ``i`` set for each header in ``table`` that starts as a page header does."""
     mask = 0
     for slot in range(min(pages, len(table) // HEADER_SIZE)):
         if table[slot * HEADER_SIZE : slot * HEADER_SIZE + len(MAGIC)] == MAGIC:
@@ -222,8 +226,12 @@ class DirectoryBackend(Backend):
             return None
         except OSError as exc:
             raise CorruptPageError(f"page {key.index}: segment unreadable: {exc!r}") from exc
+        with self._lock:
+            known = rel in self._index
         try:
-            found = self._read_slot(fd, key, slot)
+            # a segment this process has not indexed (another process wrote it): read its
+            # whole table, which says which pages it holds
+            found = self._read_slot(fd, key, slot, whole_table=not known)
         except OSError:
             self._clear_slot(rel, path, slot)
             raise
@@ -232,16 +240,12 @@ class DirectoryBackend(Backend):
         if found is None:
             self._clear_bit(rel, slot)
             return None
-        data, st = found
+        data, st, held = found
         if time.time() - st.st_mtime > _RECENCY_GRAIN:
             with contextlib.suppress(OSError):
                 os.utime(path)  # recency that other processes' culling can see
         with self._lock:
-            known = rel in self._index
-        # a segment another process wrote: its table says which pages it holds
-        others = 0 if known else stored_slots(path, self.segment_pages)
-        with self._lock:
-            mask = self._slots.get(rel, 0) | others | 1 << slot
+            mask = self._slots.get(rel, 0) | held
             self._slots[rel] = mask
             self._index_segment(rel, mask)
             culled = self._take_culled()
@@ -249,11 +253,18 @@ class DirectoryBackend(Backend):
         return data
 
     def _read_slot(
-        self, fd: int, key: PageKey, slot: int
-    ) -> tuple[PageBuffer, os.stat_result] | None:
-        """The page in ``slot``, checked, and the segment's stat; None if the slot holds
-        no page."""
-        header = os.pread(fd, HEADER_SIZE, slot * HEADER_SIZE)
+        self, fd: int, key: PageKey, slot: int, whole_table: bool = False
+    ) -> tuple[PageBuffer, os.stat_result, int] | None:
+        """The page in ``slot``, checked, the segment's stat, and a mask of the slots
+        known to hold a page (read from the whole table if asked); None if the slot
+        holds no page."""
+        if whole_table:
+            table = os.pread(fd, self.segment_pages * HEADER_SIZE, 0)
+            header = table[slot * HEADER_SIZE : (slot + 1) * HEADER_SIZE]
+            held = _slots_in(table, self.segment_pages)
+        else:
+            header = os.pread(fd, HEADER_SIZE, slot * HEADER_SIZE)
+            held = 1 << slot
         if len(header) < HEADER_SIZE or not header.startswith(MAGIC):
             return None  # never written, or cleared
         length = check_header(header, key, self.block_size)
@@ -269,7 +280,7 @@ class DirectoryBackend(Backend):
                 raise CorruptPageError(f"page {key.index}: segment changed while read") from None
             data = buf
         check_payload(header, key, data)  # type: ignore[arg-type]
-        return data, st
+        return data, st, held | 1 << slot
 
     def store_page(self, key: PageKey, data: PageBuffer) -> None:
         rel, path, slot = self._locate(key)
