@@ -285,14 +285,7 @@ class DirectoryBackend(Backend):
     def store_page(self, key: PageKey, data: PageBuffer) -> None:
         rel, path, slot = self._locate(key)
         header = page_header(key, self.block_size, data)
-        folder = os.path.dirname(path)
-        if folder not in self._folders:
-            self._made_folder(folder)
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        except FileNotFoundError:  # the folder was removed since (a clear, a cull)
-            self._made_folder(folder)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = self._create(path, os.O_RDWR | os.O_CREAT)
         try:
             # Written once: a slot holding a page (another process's, say) is left as it
             # is, so bytes someone has mapped never change under them.
@@ -441,17 +434,22 @@ class DirectoryBackend(Backend):
         finally:
             os.close(fd)
 
-    def _write_atomic(self, path: str, blob: bytes) -> None:
+    def _create(self, path: str, flags: int) -> int:
+        """Open ``path`` with ``flags`` (``O_CREAT`` among them), making its folder first
+        if it is missing (never made, or removed since by a clear or a cull)."""
         folder = os.path.dirname(path)
         if folder not in self._folders:
             self._made_folder(folder)
-        tmp = os.path.join(folder, self._tmp_name())
         try:
-            try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileNotFoundError:  # the folder was removed since (a clear, a cull)
-                self._made_folder(folder)
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            return os.open(path, flags, 0o600)
+        except FileNotFoundError:
+            self._made_folder(folder)
+            return os.open(path, flags, 0o600)
+
+    def _write_atomic(self, path: str, blob: bytes) -> None:
+        tmp = os.path.join(os.path.dirname(path), self._tmp_name())
+        try:
+            fd = self._create(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
             try:
                 _pwrite_all(fd, blob, 0)
             finally:
