@@ -151,7 +151,11 @@ class PageFetcher:
         too much read-ahead is in flight already."""
         if not self.page_cache.admitting:
             return
-        keys = [PageKey(cookie.file_id, cookie.version, i) for i in pages]
+        # Resident pages are left out first: a warm reader must not ask the disk tier
+        # about them (that was half the time of a warm sequential read).
+        keys = self.page_cache.absent(PageKey(cookie.file_id, cookie.version, i) for i in pages)
+        if not keys:
+            return
         if self.backend is not None:
             # Pages on disk are read when needed, on the reader's thread (cheaper than a
             # hop to a read-ahead thread); the disk is only told to start reading them.

@@ -141,6 +141,11 @@ class PageCache:
         self._counters.add("retrievals.mem", len(pages))
         return pages  # type: ignore[return-value]
 
+    def absent(self, keys: Iterable[PageKey]) -> list[PageKey]:
+        """The keys neither resident nor being fetched; nothing is touched or claimed."""
+        with self._lock:
+            return [key for key in keys if key not in self._pages and key not in self._inflight]
+
     def claim_missing(self, keys: Iterable[PageKey]) -> dict[PageKey, Future[Page]]:
         """Claim the keys neither resident nor being fetched (for read-ahead: nothing is
         touched or counted as a read)."""

@@ -448,6 +448,26 @@ def test_readahead_tells_the_disk_which_pages_come_next(
     assert fs.stats().retrievals.disk == half // BS and fs.stats().disk.rerr == 0
 
 
+def test_a_warm_sequential_read_asks_the_disk_tier_nothing(
+    server: RangeServer, cache_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"{server.url}/big.bin"
+    data = server._files["/big.bin"].data
+    fs = http_fs(cache_dir, check_interval=None)
+    assert fs.cat_file(url) == data and fs.flush(30)
+    backend = fs.context.backend
+    asked: list[str] = []
+    for name in ("holds", "will_need", "load_page"):
+        method = getattr(backend, name)
+        monkeypatch.setattr(
+            backend, name, lambda *a, _m=method, _n=name: (asked.append(_n), _m(*a))[1]
+        )
+    with fs.open(url) as f:  # every page resident: read-ahead has nothing to do
+        got = b"".join(iter(lambda: f.read(100_000), b""))
+    assert got == data and asked == []
+    assert fs.stats().retrievals.mem >= len(data) // BS
+
+
 def test_will_need_of_absent_pages_is_harmless(cache_dir: str) -> None:
     from netcache.backends import DirectoryBackend
 
