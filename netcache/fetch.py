@@ -94,10 +94,10 @@ class PageFetcher:
             return b""
         bs = self.block_size
         first = start // bs
-        keys = [
-            PageKey(cookie.file_id, cookie.version, i) for i in range(first, (end - 1) // bs + 1)
-        ]
-        pages = self.page_cache.lookup_resident(keys)
+        file_id, version = cookie.file_id, cookie.version
+        pages = self.page_cache.lookup_resident(
+            [PageKey(file_id, version, i) for i in range(first, (end - 1) // bs + 1)]
+        )
         if pages is None:
             return None
         return _join(pages, start - first * bs, end - first * bs)
@@ -386,7 +386,13 @@ def _join(pages: list[Page], lo: int, hi: int) -> bytes:
     """Bytes ``[lo, hi)`` of the concatenation of ``pages`` (full pages but the last),
     with one copy."""
     if len(pages) == 1:
-        return bytes(memoryview(pages[0].data)[lo:hi])
+        data = pages[0].data
+        # an mmap's (or bytes') slice is a bytes copy already: no view to make first
+        return (
+            data[lo:hi]
+            if type(data) is mmap.mmap or type(data) is bytes
+            else bytes(memoryview(data)[lo:hi])
+        )
     size = pages[0].nbytes
     parts = [memoryview(pages[0].data)[lo:]]
     parts += [memoryview(p.data) for p in pages[1:-1]]

@@ -76,6 +76,9 @@ class PageCache:
         self._by_file: dict[str, set[PageKey]] = {}
         self._inflight: dict[PageKey, Future[Page]] = {}
         self._bytes = 0
+        # Memory hits are counted here, under the lock already held, not in ``counters``
+        # (a second lock on the path of every warm read).
+        self._mem_hits = 0
         # What admission evicts down to: ``limit``, or less while memory pressure holds
         # the cache at the size reclaim left it (so readers cannot refill what was freed).
         self._budget = limit
@@ -121,10 +124,9 @@ class PageCache:
                     claim.waits[key] = inflight
                     continue
                 claim.claimed[key] = self._inflight[key] = Future()
-        if claim.hits or claim.waits:
-            self._counters.add_many(
-                {"retrievals.mem": len(claim.hits), "retrievals.joined": len(claim.waits)}
-            )
+            self._mem_hits += len(claim.hits)
+        if claim.waits:
+            self._counters.add("retrievals.joined", len(claim.waits))
         return claim
 
     def lookup_resident(self, keys: list[PageKey]) -> list[Page] | None:
@@ -132,13 +134,15 @@ class PageCache:
         hits), else None with nothing touched: the hot path of a warm read."""
         now = time.monotonic()
         with self._lock:
-            pages = [self._pages.get(key) for key in keys]
+            get = self._pages.get
+            pages = [get(key) for key in keys]
             if None in pages:
                 return None
+            touch = self.eviction.touch
             for page in pages:
-                self.eviction.touch(page.key)  # type: ignore[union-attr]
+                touch(page.key)  # type: ignore[union-attr]
                 page.atime = now  # type: ignore[union-attr]
-        self._counters.add("retrievals.mem", len(pages))
+            self._mem_hits += len(pages)
         return pages  # type: ignore[return-value]
 
     def absent(self, keys: Iterable[PageKey]) -> list[PageKey]:
@@ -306,4 +310,5 @@ class PageCache:
                 "pages.n": len(self._pages),
                 "pages.bytes": self._bytes,
                 "pages.limit": self.limit,
+                "retrievals.mem": self._mem_hits,
             }
