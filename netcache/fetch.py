@@ -239,7 +239,7 @@ class PageFetcher:
         page cache's current ones (private, or disowned) are met without admitting."""
         got: dict[PageKey, Page] = {}
         try:
-            missing = [key for key in claimed if not self._from_disk(key, claimed[key], got)]
+            missing = self._from_disk(claimed, got)
             by_cookie: dict[FileCookie, list[int]] = {}
             for key in missing:
                 by_cookie.setdefault(wanted[key], []).append(key.index)
@@ -254,27 +254,41 @@ class PageFetcher:
             raise
         return got
 
-    def _from_disk(self, key: PageKey, future: Future[Page], got: dict[PageKey, Page]) -> bool:
+    def _from_disk(
+        self, claimed: dict[PageKey, Future[Page]], got: dict[PageKey, Page]
+    ) -> list[PageKey]:
+        """Meet the claims the disk tier can (in one call, so that it reads runs of
+        pages at once); return the keys it could not serve."""
         if self.backend is None:
-            return False
+            return list(claimed)
         try:
-            data = self.backend.load_page(key)
-        except OSError as exc:
-            self._counters.add("disk.rerr")
-            self._warn(
-                "disk-read",
-                "netcache: a disk-tier page could not be used (%r); reading it from the remote",
-                exc,
+            loaded = self.backend.load_pages(list(claimed))
+        except OSError as exc:  # the whole tier failing: every page is a miss
+            loaded = dict.fromkeys(claimed, exc)
+        missing = []
+        for key, future in claimed.items():
+            data = loaded.get(key)
+            if data is None:
+                missing.append(key)
+                continue
+            if isinstance(data, OSError):
+                self._counters.add("disk.rerr")
+                self._warn(
+                    "disk-read",
+                    "netcache: a disk-tier page could not be used (%r); reading it from the remote",
+                    data,
+                )
+                missing.append(key)
+                continue
+            page = Page(
+                key, data if isinstance(data, (mmap.mmap, memoryview)) else page_buffer(data)
             )
-            return False
-        if data is None:
-            return False
-        page = Page(key, data if isinstance(data, (mmap.mmap, memoryview)) else page_buffer(data))
-        page.state = StoreState.STORED
-        self._counters.add("retrievals.disk")
-        self.page_cache.complete(page, future)
-        got[key] = page
-        return True
+            page.state = StoreState.STORED
+            self.page_cache.complete(page, future)
+            got[key] = page
+        if len(missing) < len(claimed):
+            self._counters.add("retrievals.disk", len(claimed) - len(missing))
+        return missing
 
     def _from_remote(
         self,

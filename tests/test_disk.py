@@ -342,15 +342,14 @@ def test_readahead_fetches_only_what_the_disk_tier_lacks(
     fs, url, data, half = _first_half_on_disk(server, cache_dir)
     backend = fs.context.backend
     loaders: list[str] = []
-    load = backend.load_page
+    load = backend.load_pages
 
-    def recording(key: netcache.page.PageKey) -> object:
-        page = load(key)
-        if page is not None:
-            loaders.append(threading.current_thread().name)
-        return page
+    def recording(keys: list[netcache.page.PageKey]) -> dict[netcache.page.PageKey, object]:
+        pages = load(keys)
+        loaders.extend(threading.current_thread().name for _ in pages)
+        return pages
 
-    backend.load_page = recording  # type: ignore[method-assign]
+    backend.load_pages = recording  # type: ignore[method-assign]
     server.reset_counts()
     with fs.open(url) as f:
         got = b"".join(iter(lambda: f.read(100_000), b""))
@@ -457,7 +456,7 @@ def test_a_warm_sequential_read_asks_the_disk_tier_nothing(
     assert fs.cat_file(url) == data and fs.flush(30)
     backend = fs.context.backend
     asked: list[str] = []
-    for name in ("holds", "will_need", "load_page"):
+    for name in ("holds", "will_need", "load_pages"):
         method = getattr(backend, name)
         monkeypatch.setattr(
             backend, name, lambda *a, _m=method, _n=name: (asked.append(_n), _m(*a))[1]
@@ -466,6 +465,46 @@ def test_a_warm_sequential_read_asks_the_disk_tier_nothing(
         got = b"".join(iter(lambda: f.read(100_000), b""))
     assert got == data and asked == []
     assert fs.stats().retrievals.mem >= len(data) // BS
+
+
+def test_adjacent_pages_load_in_one_mapping_and_damage_spoils_only_its_page(
+    cache_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from netcache.backends import DirectoryBackend, directory
+
+    backend = DirectoryBackend(cache_dir, BS, 64 * MiB)
+    keys = [netcache.page.PageKey("ab" * 16, "cd" * 16, i) for i in range(10)]
+    for key in keys[:4] + keys[5:8]:  # slots 0-3 and 5-7: two runs
+        backend.store_page(key, payload(BS, key.index))
+    mapped: list[tuple[int, int]] = []
+    map_file = directory._map_file
+
+    def recording(fd: int, offset: int, length: int) -> memoryview:
+        mapped.append((offset, length))
+        return map_file(fd, offset, length)
+
+    monkeypatch.setattr(directory, "_map_file", recording)
+    reader = DirectoryBackend(cache_dir, BS, 64 * MiB)  # another process: no index yet
+    loaded = reader.load_pages(keys)
+    assert sorted(k.index for k in loaded) == [0, 1, 2, 3, 5, 6, 7]
+    assert all(bytes(loaded[k]) == payload(BS, k.index) for k in loaded)  # type: ignore[arg-type]
+    assert [length for _, length in mapped] == [4 * BS, 3 * BS]  # one mapping per run
+    first = loaded.pop(keys[0])
+    loaded.clear()  # its siblings dropped: the shared mapping lives on for the one kept
+    assert bytes(first) == payload(BS, 0)  # type: ignore[arg-type]
+
+    path, _, data_at = stored_pages(cache_dir)[6]
+    with open(path, "r+b") as f:  # one flipped byte in the middle of a run
+        f.seek(data_at + 100)
+        byte = f.read(1)
+        f.seek(data_at + 100)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    loaded = reader.load_pages(keys[5:8])
+    assert isinstance(loaded[keys[6]], netcache.errors.CorruptPageError)
+    assert bytes(loaded[keys[5]]) == payload(BS, 5) and bytes(loaded[keys[7]]) == payload(BS, 7)  # type: ignore[arg-type]
+    assert 6 not in stored_pages(cache_dir)  # its header cleared: stored again on next fetch
+    reader.store_page(keys[6], payload(BS, 6))
+    assert bytes(reader.load_page(keys[6])) == payload(BS, 6)  # type: ignore[arg-type]
 
 
 def test_will_need_of_absent_pages_is_harmless(cache_dir: str) -> None:
@@ -559,13 +598,13 @@ def test_a_cold_read_of_a_new_file_does_not_look_for_its_pages_on_disk(
     fs = http_fs(cache_dir, check_interval=None, readahead=False)
     backend = fs.context.backend
     opened: list[int] = []
-    read_slot = backend._read_slot
+    read_slots = backend._read_slots
 
-    def recording(fd: int, key: netcache.page.PageKey, slot: int, whole_table: bool) -> object:
-        opened.append(key.index)
-        return read_slot(fd, key, slot, whole_table)
+    def recording(fd: int, wanted: list[tuple[int, netcache.page.PageKey]], whole: bool) -> object:
+        opened.extend(key.index for _, key in wanted)
+        return read_slots(fd, wanted, whole)
 
-    backend._read_slot = recording  # type: ignore[method-assign]
+    backend._read_slots = recording  # type: ignore[method-assign]
     assert fs.cat_file(url) == data and fs.flush(30)
     assert opened == []  # its folder is new: no page file can be there but ours
     assert fs.reclaim(len(data)) >= len(data)  # every page stored: all released

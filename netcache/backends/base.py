@@ -103,6 +103,22 @@ class Backend(ABC):
     @abstractmethod
     def usage(self) -> DiskUsage: ...
 
+    def load_pages(self, keys: Sequence[PageKey]) -> dict[PageKey, PageBuffer | OSError]:
+        """Several pages at once (a reader's consecutive pages, typically): each page held
+        maps to its bytes, or to the ``OSError`` that makes it unusable; pages not held
+        are left out. The default calls ``load_page`` for each; a backend that can read
+        a run of pages in one go overrides it."""
+        loaded: dict[PageKey, PageBuffer | OSError] = {}
+        for key in keys:
+            try:
+                data = self.load_page(key)
+            except OSError as exc:
+                loaded[key] = exc
+                continue
+            if data is not None:
+                loaded[key] = data
+        return loaded
+
     def holds(self, key: PageKey) -> bool:
         """Whether the page is (as far as this process knows) on disk: a cheap look at an
         in-memory index, no I/O. Read-ahead skips such pages (reading them when needed

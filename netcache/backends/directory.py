@@ -139,9 +139,10 @@ class DirectoryBackend(Backend):
 
     Space: a segment is sparse; it counts as its table plus the pages it holds.
 
-    Reading: a page loaded from disk is a private read-only mapping of its slot, used in
-    place (no copy into fresh memory, and its memory is the OS page cache's); dropping
-    the page unmaps it. A slot is written once (a store finding a page there leaves it,
+    Reading: pages loaded together from adjacent slots (a reader's run) share one
+    private read-only mapping of those slots, used in place (no copy into fresh memory,
+    and its memory is the OS page cache's); it is unmapped when the last of its pages is
+    dropped, so a page kept longer than its neighbours keeps the run mapped. A slot is written once (a store finding a page there leaves it,
     until a damaged page's header is cleared), and a segment never shrinks (culling
     unlinks it; a mapping keeps its inode), so the bytes under a mapping do not change,
     and only someone truncating a segment by hand while a process has it mapped could
@@ -185,7 +186,7 @@ class DirectoryBackend(Backend):
         """The page's segment (relative path, absolute path) and slot."""
         segment, slot = divmod(key.index, self.segment_pages)
         rel = f"{key.file_id[:2]}/{key.file_id}/{key.version}{self._suffix}{segment:x}.seg"
-        return rel, os.path.join(self.files, rel), slot
+        return rel, f"{self.files}/{rel}", slot
 
     def holds(self, key: PageKey) -> bool:
         rel, _, slot = self._locate(key)
@@ -216,71 +217,140 @@ class DirectoryBackend(Backend):
                 os.close(fd)
 
     def load_page(self, key: PageKey) -> PageBuffer | None:
-        rel, path, slot = self._locate(key)
-        if not self._may_hold(rel, slot):
-            return None
+        found = self.load_pages([key]).get(key)
+        if isinstance(found, OSError):
+            raise found
+        return found
+
+    def load_pages(self, keys: Sequence[PageKey]) -> dict[PageKey, PageBuffer | OSError]:
+        # One open, one read of the headers and one mapping per run of adjacent pages of
+        # a segment, not per page: a new process reading its pages back from disk was
+        # bound by that per-page work, not by the disk.
+        segments: dict[str, tuple[str, list[tuple[int, PageKey]]]] = {}
+        for key in keys:
+            rel, path, slot = self._locate(key)
+            segments.setdefault(rel, (path, []))[1].append((slot, key))
+        loaded: dict[PageKey, PageBuffer | OSError] = {}
+        for rel, (path, wanted) in segments.items():
+            with self._lock:
+                mask = self._slots.get(rel, 0)
+                known = rel in self._index
+                ours = rel.rsplit("/", 1)[0] in self._created
+            if ours:  # see ``_may_hold``
+                wanted = [(slot, key) for slot, key in wanted if mask >> slot & 1]
+            if wanted:
+                self._load_from(rel, path, sorted(wanted), not known, loaded)
+        return loaded
+
+    def _load_from(
+        self,
+        rel: str,
+        path: str,
+        wanted: list[tuple[int, PageKey]],
+        whole_table: bool,
+        loaded: dict[PageKey, PageBuffer | OSError],
+    ) -> None:
+        """Load ``wanted`` (slots in order, and their keys) from one segment into
+        ``loaded``; index what was found, and clear what was damaged."""
         try:
             fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:
             self._forget(rel)
-            return None
+            return
         except OSError as exc:
-            raise CorruptPageError(f"page {key.index}: segment unreadable: {exc!r}") from exc
-        with self._lock:
-            known = rel in self._index
+            for _, key in wanted:
+                loaded[key] = CorruptPageError(f"page {key.index}: segment unreadable: {exc!r}")
+            return
         try:
-            # a segment this process has not indexed (another process wrote it): read its
-            # whole table, which says which pages it holds
-            found = self._read_slot(fd, key, slot, whole_table=not known)
-        except OSError:
-            self._clear_slot(rel, path, slot)
-            raise
+            pages, held, st = self._read_slots(fd, wanted, whole_table)
         finally:
             os.close(fd)
-        if found is None:
-            self._clear_bit(rel, slot)
-            return None
-        data, st, held = found
+        found = 0
+        for slot, key in wanted:
+            data = pages.get(slot)
+            if data is None:
+                self._clear_bit(rel, slot)  # never written, or cleared
+            elif isinstance(data, OSError):
+                loaded[key] = data
+                self._clear_slot(rel, path, slot)
+            else:
+                loaded[key] = data
+                found |= 1 << slot
+        if not found:
+            return
+        assert st is not None
         if time.time() - st.st_mtime > _RECENCY_GRAIN:
             with contextlib.suppress(OSError):
                 os.utime(path)  # recency that other processes' culling can see
         with self._lock:
-            mask = self._slots.get(rel, 0) | held
+            mask = self._slots.get(rel, 0) | held | found
             self._slots[rel] = mask
             self._index_segment(rel, mask)
             culled = self._take_culled()
         self._unlink_culled(culled)
-        return data
 
-    def _read_slot(
-        self, fd: int, key: PageKey, slot: int, whole_table: bool = False
-    ) -> tuple[PageBuffer, os.stat_result, int] | None:
-        """The page in ``slot``, checked, the segment's stat, and a mask of the slots
-        known to hold a page (read from the whole table if asked); None if the slot
-        holds no page."""
-        if whole_table:
-            table = os.pread(fd, self.segment_pages * HEADER_SIZE, 0)
-            header = table[slot * HEADER_SIZE : (slot + 1) * HEADER_SIZE]
-            held = _slots_in(table, self.segment_pages)
-        else:
-            header = os.pread(fd, HEADER_SIZE, slot * HEADER_SIZE)
-            held = 1 << slot
-        if len(header) < HEADER_SIZE or not header.startswith(MAGIC):
-            return None  # never written, or cleared
-        length = check_header(header, key, self.block_size)
-        st = os.fstat(fd)
-        offset = self._table + slot * self.block_size
-        if st.st_size < offset + length:
-            raise CorruptPageError(f"page {key.index}: segment truncated")
+    def _read_slots(
+        self, fd: int, wanted: list[tuple[int, PageKey]], whole_table: bool
+    ) -> tuple[dict[int, PageBuffer | OSError], int, os.stat_result | None]:
+        """The pages in ``wanted``'s slots (in order), each checked (or the error that
+        makes it unusable; slots holding no page are left out); a mask of the slots the
+        table says are written (the whole table, if asked); the segment's stat."""
+        first, last = (0, self.segment_pages - 1) if whole_table else (wanted[0][0], wanted[-1][0])
         try:
-            data: PageBuffer = _map_file(fd, offset, length)
-        except OSError:  # a filesystem that cannot map files (some FUSE and network ones)
-            buf = empty_page_buffer(length)
-            if os.preadv(fd, [buf], offset) != length:
-                raise CorruptPageError(f"page {key.index}: segment changed while read") from None
-            data = buf
-        check_payload(header, key, data)  # type: ignore[arg-type]
-        return data, st, held | 1 << slot
+            table = os.pread(fd, (last - first + 1) * HEADER_SIZE, first * HEADER_SIZE)
+        except OSError as exc:  # one error for the segment (clearing it removes it)
+            return {wanted[0][0]: exc}, 0, None
+        held = _slots_in(table, self.segment_pages) if whole_table else 0
+        headers: list[tuple[int, PageKey, bytes, int]] = []
+        pages: dict[int, PageBuffer | OSError] = {}
+        st: os.stat_result | None = None
+        for slot, key in wanted:
+            header = table[(slot - first) * HEADER_SIZE : (slot - first + 1) * HEADER_SIZE]
+            if len(header) < HEADER_SIZE or not header.startswith(MAGIC):
+                continue
+            try:
+                length = check_header(header, key, self.block_size)
+                if st is None:
+                    st = os.fstat(fd)
+                if st.st_size < self._table + slot * self.block_size + length:
+                    raise CorruptPageError(f"page {key.index}: segment truncated")
+            except OSError as exc:
+                pages[slot] = exc
+                continue
+            headers.append((slot, key, header, length))
+        for run in _runs(headers):
+            self._read_run(fd, run, pages)
+        return pages, held, st
+
+    def _read_run(self, fd: int, run: list[tuple[int, PageKey, bytes, int]],
+                  pages: dict[int, PageBuffer | OSError]) -> None:  # fmt: skip
+        """Pages of adjacent slots, in one mapping that they share (it is unmapped when
+        the last of them is dropped), each checked against its header."""
+        bs = self.block_size
+        first = run[0][0]
+        offset = self._table + first * bs
+        length = (run[-1][0] - first) * bs + run[-1][3]
+        try:
+            try:
+                view: memoryview | None = _map_file(fd, offset, length)
+            except OSError:  # a filesystem that cannot map files (some FUSE and network ones)
+                view = None
+            for slot, key, header, size in run:
+                if view is not None:
+                    data: PageBuffer = view[(slot - first) * bs : (slot - first) * bs + size]
+                else:
+                    data = empty_page_buffer(size)
+                    if os.preadv(fd, [data], self._table + slot * bs) != size:
+                        raise CorruptPageError(f"page {key.index}: segment changed while read")
+                try:
+                    check_payload(header, key, data)  # type: ignore[arg-type]
+                except CorruptPageError as exc:
+                    pages[slot] = exc
+                    continue
+                pages[slot] = data
+        except OSError as exc:
+            for slot, *_ in run:
+                pages.setdefault(slot, exc)
 
     def store_page(self, key: PageKey, data: PageBuffer) -> None:
         rel, path, slot = self._locate(key)
@@ -538,6 +608,20 @@ class DirectoryBackend(Backend):
                 self._slots[rel] = self._slots.get(rel, 0) | mask
             culled = self._take_culled()
         self._unlink_culled(culled)
+
+
+def _runs(
+    headers: list[tuple[int, PageKey, bytes, int]],
+) -> Iterator[list[tuple[int, PageKey, bytes, int]]]:
+    """Headers (by slot, in order) grouped into runs of adjacent slots."""
+    run: list[tuple[int, PageKey, bytes, int]] = []
+    for item in headers:
+        if run and item[0] != run[-1][0] + 1:
+            yield run
+            run = []
+        run.append(item)
+    if run:
+        yield run
 
 
 def _pwrite_all(fd: int, data: PageBuffer | bytes, offset: int) -> None:
