@@ -15,7 +15,7 @@ from netcache.backends.base import Backend
 from netcache.buffers import page_buffer
 from netcache.cookie import FileCookie, strong_etag, version_token
 from netcache.errors import FileChangedError, ReadaheadFailed, ShortReadError
-from netcache.page import Page, PageKey, StoreState
+from netcache.page import Page, PageKey, StoreState, page_keys
 from netcache.pagecache import PageCache
 from netcache.stats import Counters
 from netcache.warnonce import WarnOnce
@@ -94,9 +94,8 @@ class PageFetcher:
             return b""
         bs = self.block_size
         first = start // bs
-        file_id, version = cookie.file_id, cookie.version
         pages = self.page_cache.lookup_resident(
-            [PageKey(file_id, version, i) for i in range(first, (end - 1) // bs + 1)]
+            page_keys(cookie.file_id, cookie.version, range(first, (end - 1) // bs + 1))
         )
         if pages is None:
             return None
@@ -153,7 +152,7 @@ class PageFetcher:
             return
         # Resident pages are left out first: a warm reader must not ask the disk tier
         # about them (that was half the time of a warm sequential read).
-        keys = self.page_cache.absent(PageKey(cookie.file_id, cookie.version, i) for i in pages)
+        keys = self.page_cache.absent(page_keys(cookie.file_id, cookie.version, pages))
         if not keys:
             return
         if self.backend is not None:

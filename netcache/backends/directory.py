@@ -142,8 +142,9 @@ class DirectoryBackend(Backend):
     Reading: pages loaded together from adjacent slots (a reader's run) share one
     private read-only mapping of those slots, used in place (no copy into fresh memory,
     and its memory is the OS page cache's); it is unmapped when the last of its pages is
-    dropped, so a page kept longer than its neighbours keeps the run mapped. A slot is written once (a store finding a page there leaves it,
-    until a damaged page's header is cleared), and a segment never shrinks (culling
+    dropped, so a page kept longer than its neighbours keeps the run mapped. A slot is
+    written once (a store finding a page there leaves it, until a damaged page's header
+    is cleared), and a segment never shrinks (culling
     unlinks it; a mapping keeps its inode), so the bytes under a mapping do not change,
     and only someone truncating a segment by hand while a process has it mapped could
     fault that process (SIGBUS): clear a folder with ``python -m netcache clear``, which
