@@ -296,13 +296,21 @@ def test_metadata_written_once_per_version_not_per_check(server: RangeServer,
     assert os.stat(metas[0]).st_ino != inode
 
 
-def test_pages_read_from_disk_are_mappings_of_their_files(
+def _all_on_disk(
     server: RangeServer, cache_dir: str
-) -> None:
+) -> tuple[netcache.NetCacheFileSystem, str, bytes]:
+    """A filesystem that has read big.bin whole and stored every page of it."""
     url = f"{server.url}/big.bin"
     data = server._files["/big.bin"].data
     fs = http_fs(cache_dir, check_interval=None)
     assert fs.cat_file(url) == data and fs.flush(30)
+    return fs, url, data
+
+
+def test_pages_read_from_disk_are_mappings_of_their_files(
+    server: RangeServer, cache_dir: str
+) -> None:
+    fs, url, data = _all_on_disk(server, cache_dir)
     fs = _reopen(cache_dir)
     assert fs.cat_file(url, 0, 3 * BS) == data[: 3 * BS]
     cookie = fs._cookie(url)
@@ -403,10 +411,7 @@ def test_a_folder_that_cannot_be_mapped_is_read_by_copy(
 ) -> None:
     from netcache.backends import directory
 
-    url = f"{server.url}/big.bin"
-    data = server._files["/big.bin"].data
-    fs = http_fs(cache_dir, check_interval=None)
-    assert fs.cat_file(url) == data and fs.flush(30)
+    fs, url, data = _all_on_disk(server, cache_dir)
 
     def refuse(fd: int, offset: int, length: int) -> object:
         raise OSError(19, "No such device")  # ENODEV: this filesystem cannot map files
@@ -450,10 +455,7 @@ def test_readahead_tells_the_disk_which_pages_come_next(
 def test_a_warm_sequential_read_asks_the_disk_tier_nothing(
     server: RangeServer, cache_dir: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    url = f"{server.url}/big.bin"
-    data = server._files["/big.bin"].data
-    fs = http_fs(cache_dir, check_interval=None)
-    assert fs.cat_file(url) == data and fs.flush(30)
+    fs, url, data = _all_on_disk(server, cache_dir)
     backend = fs.context.backend
     asked: list[str] = []
     for name in ("holds", "will_need", "load_pages"):

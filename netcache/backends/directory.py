@@ -144,8 +144,8 @@ class DirectoryBackend(Backend):
     and its memory is the OS page cache's); it is unmapped when the last of its pages is
     dropped, so a page kept longer than its neighbours keeps the run mapped. A slot is
     written once (a store finding a page there leaves it, until a damaged page's header
-    is cleared), and a segment never shrinks (culling
-    unlinks it; a mapping keeps its inode), so the bytes under a mapping do not change,
+    is cleared), and a segment never shrinks (culling unlinks it; a mapping keeps its
+    inode), so the bytes under a mapping do not change,
     and only someone truncating a segment by hand while a process has it mapped could
     fault that process (SIGBUS): clear a folder with ``python -m netcache clear``, which
     unlinks.
@@ -237,7 +237,10 @@ class DirectoryBackend(Backend):
                 mask = self._slots.get(rel, 0)
                 known = rel in self._index
                 ours = rel.rsplit("/", 1)[0] in self._created
-            if ours:  # see ``_may_hold``
+            if ours:
+                # A page missing from the index of a folder this process created cannot
+                # be on disk (every segment there holds pages this process stored, or
+                # pages another process stored since, indexed at the next rescan).
                 wanted = [(slot, key) for slot, key in wanted if mask >> slot & 1]
             if wanted:
                 self._load_from(rel, path, sorted(wanted), not known, loaded)
@@ -471,15 +474,6 @@ class DirectoryBackend(Backend):
         self._index[rel] = size
         self._since_listing[rel] = (size, mask)
         return True
-
-    def _may_hold(self, rel: str, slot: int) -> bool:
-        """False only for a page that cannot be on disk: one missing from the index, in a
-        folder this process created (every segment in it holds pages this process
-        stored, or pages another process stored since, indexed at the next rescan)."""
-        with self._lock:
-            if self._slots.get(rel, 0) >> slot & 1:
-                return True
-            return rel.rsplit("/", 1)[0] not in self._created
 
     def _clear_bit(self, rel: str, slot: int) -> None:
         with self._lock:
