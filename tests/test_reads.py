@@ -35,6 +35,33 @@ def test_random_reads_every_byte(server: RangeServer, cache_dir: str) -> None:
             assert f.tell() == min(start + n, len(data)) or start > len(data)
 
 
+@pytest.mark.parametrize("kind", ["mapping", "view", "bytes"])
+def test_page_joins_at_every_edge(kind: str) -> None:
+    from netcache.buffers import page_buffer
+    from netcache.fetch import _join
+    from netcache.page import Page, PageKey
+
+    data = payload(3 * BS + 1000, 3)
+
+    def buffer(chunk: bytes) -> object:
+        return {"mapping": page_buffer, "view": memoryview, "bytes": bytes}[kind](chunk)
+
+    pages = [
+        Page(PageKey("ab", "cd", i), buffer(data[off : off + BS]))  # type: ignore[arg-type]
+        for i, off in enumerate(range(0, len(data), BS))
+    ]
+    for first in range(len(pages)):
+        for last in range(first, len(pages)):
+            base = first * BS
+            end = min((last + 1) * BS, len(data))
+            lows = {base, base + 1, base + BS - 1} & set(range(base, end))
+            highs = {end, end - 1, last * BS + 1} & set(range(base + 1, end + 1))
+            for lo in lows:
+                for hi in (h for h in highs if h > lo and h > last * BS):
+                    got = _join(pages[first : last + 1], lo - base, hi - base)
+                    assert type(got) is bytes and got == data[lo:hi], (first, last, lo, hi)
+
+
 @pytest.mark.parametrize("target", ["memory", "file"])
 def test_other_targets(target: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
     data = payload(5 * BS + 3, 4)
