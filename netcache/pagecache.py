@@ -53,9 +53,9 @@ class PageCache:
     exceed ``limit`` by the bytes the bounded write-back queue holds. ``reclaim`` walks
     victims through the release policy (see :func:`~netcache.reclaim.reclaim_pages`).
 
-    Locking: one lock guards the pages, the eviction policy, the claims and the byte
-    count. It is never held across I/O, a release policy's decision, a future's result
-    or callbacks, or a wait.
+    Locking: one lock guards the pages, the eviction policy, the claims, the byte count
+    and the count of memory hits. It is never held across I/O, a release policy's
+    decision, a future's result or callbacks, or a wait.
     """
 
     def __init__(
