@@ -425,7 +425,7 @@ class DirectoryBackend(Backend):
             if parsed is None or parsed[0] == keep_version:
                 continue
             path = os.path.join(folder, name)
-            removed += bin(stored_slots(path, parsed[2])).count("1")
+            removed += stored_slots(path, parsed[2]).bit_count()
             self._forget(prefix + name)
             _remove_any(path)
         if keep_version is None:
