@@ -3,6 +3,7 @@ missing from the disk tier or the remote."""
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import threading
 from collections.abc import Sequence
@@ -160,7 +161,10 @@ class PageFetcher:
             # hop to a read-ahead thread); the disk is only told to start reading them.
             on_disk = [key for key in keys if self.backend.holds(key)]
             if on_disk:
-                self.backend.will_need(on_disk)
+                # the hint waits for the kernel to queue its reads (~1 ms per segment
+                # here): a read-ahead thread gives it, not the reader
+                with contextlib.suppress(RuntimeError):  # shut down: no hint is needed
+                    self._readahead_pool().submit(self.backend.will_need, on_disk)
                 held = set(on_disk)
                 keys = [key for key in keys if key not in held]
         nbytes = len(keys) * self.block_size
@@ -169,9 +173,7 @@ class PageFetcher:
             if self._ra_bytes + nbytes > min(READAHEAD_MAX_INFLIGHT, self.page_cache.limit // 8):
                 return
             self._ra_bytes += nbytes
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(READAHEAD_WORKERS, "netcache-readahead")
-            pool = self._pool
+        pool = self._readahead_pool()
         claimed = self.page_cache.claim_missing(keys)
         items = list(claimed.items())
         # Each request's answer sits in memory up to three times (the client's chunks, their
@@ -186,6 +188,12 @@ class PageFetcher:
                 self.page_cache.fail(chunk, ReadaheadFailed(f"read-ahead not started: {exc}"))
                 self._release_ra(len(chunk) * self.block_size)
         self._release_ra(nbytes - len(items) * self.block_size)
+
+    def _readahead_pool(self) -> ThreadPoolExecutor:
+        with self._ra_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(READAHEAD_WORKERS, "netcache-readahead")
+            return self._pool
 
     def _readahead_chunk(self, target: AbstractFileSystem, cookie: FileCookie,
                          claimed: dict[PageKey, Future[Page]], verify: bool) -> None:  # fmt: skip

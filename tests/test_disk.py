@@ -431,15 +431,23 @@ def test_readahead_tells_the_disk_which_pages_come_next(
     advised: list[tuple[str, int, int]] = []
     fadvise = os.posix_fadvise
 
+    hinters: set[str] = set()
+
     def recording(fd: int, offset: int, length: int, advice: int) -> None:
         if advice == os.POSIX_FADV_WILLNEED:
             advised.append((os.readlink(f"/proc/self/fd/{fd}"), offset, length))
+            hinters.add(threading.current_thread().name)
         fadvise(fd, offset, length, advice)
 
     monkeypatch.setattr(os, "posix_fadvise", recording)
     with fs.open(url) as f:
         got = b"".join(iter(lambda: f.read(100_000), b""))
     assert got == data
+    pool = fs.context.fetcher._pool
+    assert pool is not None
+    pool.shutdown(wait=True)  # the last hints may still be on their way
+    # hints are given on read-ahead threads: the reader does not wait for the kernel
+    assert hinters and all(name.startswith("netcache-readahead") for name in hinters)
     where = {(path, offset): index for index, (path, _, offset) in stored_pages(cache_dir).items()}
     hinted = set()
     for path, offset, length in advised:  # each hint spans stored pages of one segment
@@ -507,6 +515,28 @@ def test_adjacent_pages_load_in_one_mapping_and_damage_spoils_only_its_page(
     assert 6 not in stored_pages(cache_dir)  # its header cleared: stored again on next fetch
     reader.store_page(keys[6], payload(BS, 6))
     assert bytes(reader.load_page(keys[6])) == payload(BS, 6)  # type: ignore[arg-type]
+
+
+def test_a_hint_from_a_segment_s_first_page_covers_its_header_table(
+    cache_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from netcache.backends import DirectoryBackend
+
+    backend = DirectoryBackend(cache_dir, BS, 64 * BS)  # 4 pages a segment
+    per, table = backend.segment_pages, table_size(backend.segment_pages)
+    keys = [netcache.page.PageKey("ab" * 16, "cd" * 16, i) for i in range(2 * per)]
+    for key in keys:
+        backend.store_page(key, payload(BS, key.index))
+    advised: list[tuple[str, int, int]] = []
+    monkeypatch.setattr(
+        os, "posix_fadvise", lambda fd, offset, length, advice: advised.append(
+            (os.path.basename(os.readlink(f"/proc/self/fd/{fd}")), offset, length))
+    )  # fmt: skip
+    backend.will_need(keys[2 : per + 2])  # the end of one segment, the start of the next
+    names = sorted({name for name, _, _ in advised})
+    # a reader entering the second segment reads its table first: the hint starts there
+    assert sorted(advised) == [(names[0], table + 2 * BS, (per - 2) * BS),
+                               (names[1], 0, table + 2 * BS)]  # fmt: skip
 
 
 def test_will_need_of_absent_pages_is_harmless(cache_dir: str) -> None:

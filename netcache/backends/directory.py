@@ -211,7 +211,10 @@ class DirectoryBackend(Backend):
                 continue
             try:
                 first, last = min(slots), max(slots)
-                os.posix_fadvise(fd, self._table + first * bs, (last - first + 1) * bs, _WILLNEED)
+                # from the segment's start when its first slot is asked for: a reader
+                # entering the segment reads its header table first
+                start = 0 if first == 0 else self._table + first * bs
+                os.posix_fadvise(fd, start, self._table + (last + 1) * bs - start, _WILLNEED)
             except OSError:
                 pass
             finally:
