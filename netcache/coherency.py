@@ -15,6 +15,7 @@ from netcache.backends.base import Backend
 from netcache.cookie import FileCookie
 from netcache.identity import file_id as make_file_id
 from netcache.identity import is_secret_option, redact_url
+from netcache.writeback import WritebackQueue
 
 META_FORMAT = 1
 _MAX_COOKIES = 65536
@@ -31,6 +32,9 @@ class CookieJar:
     pages in memory and on disk before the new cookie is handed out, so no old byte is
     served again.
 
+    The disk tier's metadata is read from ``backend`` and written through ``writeback``
+    (in the background: opening a new file does not wait for the disk).
+
     Locking: one lock guards the cookie cache (a ``cachetools.LRUCache``, not
     thread-safe by itself) and the known versions; ``info`` calls and disk I/O run
     outside it. Two threads may check the same path at once; both get a correct cookie.
@@ -40,14 +44,14 @@ class CookieJar:
         self,
         target_id: str,
         backend: Backend | None,
+        writeback: WritebackQueue | None,
         on_change: Callable[[str, str], None],
-        on_disk_error: Callable[[str, OSError], None],
         on_stale: Callable[[str, Exception], None],
     ) -> None:
         self.target_id = target_id
         self.backend = backend
+        self._writeback = writeback
         self._on_change = on_change
-        self._on_disk_error = on_disk_error
         self._on_stale = on_stale
         self._lock = threading.Lock()
         # path -> (cookie, when its version was checked)
@@ -145,11 +149,8 @@ class CookieJar:
             self._store_meta(cookie, checked_at)
 
     def _store_meta(self, cookie: FileCookie, checked_at: float) -> None:
-        assert self.backend is not None
-        try:
-            self.backend.store_meta(cookie.file_id, self._meta(cookie, checked_at))
-        except OSError as exc:
-            self._on_disk_error("meta", exc)
+        if self._writeback is not None:
+            self._writeback.submit_meta(cookie.file_id, self._meta(cookie, checked_at))
 
     def _meta(self, cookie: FileCookie, checked_at: float) -> dict[str, Any]:
         info = {
@@ -173,8 +174,7 @@ class CookieJar:
             entry = self._cookies.get(cookie.path)
             checked_at = entry[1] if entry is not None else time.time()
             self._cookies[cookie.path] = (cookie, checked_at)
-        if self.backend is not None:
-            self._store_meta(cookie, checked_at)
+        self._store_meta(cookie, checked_at)
 
     def forget(self, path: str | None = None) -> None:
         """Drop cached versions (of one path, or all), so the next use asks the target."""

@@ -225,8 +225,8 @@ class CacheContext:
         self.cookies = CookieJar(
             target_id,
             self.backend,
+            self.writeback,
             on_change=self.invalidate_file,
-            on_disk_error=self._disk_error,
             on_stale=self._stale,
         )
 

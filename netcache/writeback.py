@@ -1,5 +1,5 @@
-"""WritebackQueue: pages fetched from the remote, stored into the disk tier in the
-background."""
+"""WritebackQueue: pages fetched from the remote, and files' metadata, stored into the
+disk tier in the background."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import time
 import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable
+from typing import Any
 
 from netcache.backends.base import Backend
 from netcache.page import Page, PageKey, StoreState
@@ -41,8 +42,14 @@ class WritebackQueue:
     end, and the queue never pins more than ``max_pending_bytes``; a deferred page that
     memory drops meanwhile is simply not stored.
 
-    Locking: one condition variable guards the queue, every page's ``state`` and the
-    pending byte count. Workers hold it only to take a page and to finish one, never
+    A file's metadata (``submit_meta``) is queued too, ahead of pages, the latest per
+    file replacing one not yet written, and written one at a time: opening a new file
+    does not wait for the disk tier's folders and renames (about 0.5 ms here, several
+    ms while the disk is busy). ``cancel_file`` drops a file's queued metadata and waits
+    for a write of it under way, so that an invalidation has the last word on disk.
+
+    Locking: one condition variable guards the queues, every page's ``state`` and the
+    pending byte count. Workers hold it only to take a job and to finish one, never
     across the backend's I/O, so readers, reclaim and workers never wait on a store.
 
     Workers run at the lowest CPU priority (``WORKER_NICENESS``, Linux): when the CPUs
@@ -76,6 +83,8 @@ class WritebackQueue:
         self._deferred: deque[weakref.ref[Page]] = deque()
         self._storing: set[Page] = set()
         self._doomed: set[Page] = set()  # being stored, but their file was invalidated
+        self._metas: OrderedDict[str, dict[str, Any]] = OrderedDict()  # by file id
+        self._meta_running: str | None = None  # the file whose metadata is being written
         self._threads: list[threading.Thread] = []
         self._closed = False
         self.before_lock_hook: Callable[[Page], None] | None = None
@@ -99,6 +108,17 @@ class WritebackQueue:
                 self._start_worker()
             self._cond.notify()
         return True
+
+    def submit_meta(self, file_id: str, meta: dict[str, Any]) -> None:
+        """Queue ``meta`` to be written as ``file_id``'s metadata. Never blocks; dropped
+        once the queue is closed (the next process asks the remote instead)."""
+        with self._cond:
+            if self._closed:
+                return
+            self._metas[file_id] = meta
+            if not self._threads:
+                self._start_worker()
+            self._cond.notify()
 
     def _enqueue(self, page: Page) -> None:
         """Queue a page in state NONE. Caller holds the lock."""
@@ -163,8 +183,9 @@ class WritebackQueue:
 
     def cancel_file(self, file_id: str | None, keep_version: str | None = None) -> None:
         """Cancel the queued stores of one file (all, or all but one version's; every
-        file's if ``file_id`` is None). A store already running is undone (its page
-        discarded from the disk tier) as soon as it finishes."""
+        file's if ``file_id`` is None), its metadata included. A page store already
+        running is undone (its page discarded from the disk tier) as soon as it
+        finishes; a metadata write under way is waited for."""
 
         def doomed(key: PageKey) -> bool:
             return (file_id is None or key.file_id == file_id) and key.version != keep_version
@@ -177,7 +198,14 @@ class WritebackQueue:
                 ref for ref in self._deferred if (p := ref()) is not None and not doomed(p.key)
             )
             self._doomed.update(p for p in self._storing if doomed(p.key))
+            for fid, meta in list(self._metas.items()):
+                if file_id in (None, fid) and meta.get("version") != keep_version:
+                    del self._metas[fid]
             self._cond.notify_all()
+            # A metadata write under way ends soon (one small file): the caller's
+            # removal of the file's folder must come after it, not before.
+            while self._meta_running is not None and file_id in (None, self._meta_running):
+                self._cond.wait()
 
     def wait_below(self, nbytes: int, timeout: float) -> bool:
         """Wait until at most ``nbytes`` are queued or being stored (each store ends, so
@@ -200,7 +228,8 @@ class WritebackQueue:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while self._queue or self._storing or self._live_deferred():
+            while (self._queue or self._storing or self._live_deferred() or self._metas
+                   or self._meta_running is not None):  # fmt: skip
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
@@ -216,6 +245,7 @@ class WritebackQueue:
         drained = self.flush(drain_timeout)
         with self._cond:
             self._deferred.clear()
+            self._metas.clear()
             for page in list(self._queue):
                 self._dequeue(page)
                 page.state = StoreState.NONE
@@ -229,33 +259,53 @@ class WritebackQueue:
         del self._queue[page]
         self._pending_bytes -= page.nbytes
 
+    def _next_job(self) -> Page | tuple[str, dict[str, Any]] | None:
+        """Take the next job: a file's metadata (one written at a time), else a page, else
+        None. Caller holds the lock."""
+        if self._metas and self._meta_running is None:
+            file_id, meta = self._metas.popitem(last=False)
+            self._meta_running = file_id
+            return file_id, meta
+        if not self._queue:
+            self._refill()
+        if not self._queue:
+            return None
+        page, _ = self._queue.popitem(last=False)
+        page.state = StoreState.STORING
+        self._storing.add(page)
+        return page
+
     def _work(self) -> None:
         _lower_priority()
         cond = self._cond
         while True:
             with cond:
-                while True:
-                    if not self._queue:
-                        self._refill()
-                    if self._queue or self._closed:
-                        break
+                while (job := self._next_job()) is None:
+                    if self._closed:
+                        return
                     cond.wait()
-                if not self._queue:
-                    return
-                page, _ = self._queue.popitem(last=False)
-                page.state = StoreState.STORING
-                self._storing.add(page)
-            stored = self._store(page)
-            with cond:
-                page.state = StoreState.STORED if stored else StoreState.NONE
-                self._pending_bytes -= page.nbytes
-                self._storing.discard(page)
-                doomed = page in self._doomed
-                self._doomed.discard(page)
-                self._refill()
-                cond.notify_all()
-            if doomed and stored:
-                self._discard(page.key)
+            if isinstance(job, Page):
+                self._run_store(job)
+            else:
+                try:
+                    self._store_meta(*job)
+                finally:  # an invalidation may be waiting for this write to end
+                    with cond:
+                        self._meta_running = None
+                        cond.notify_all()
+
+    def _run_store(self, page: Page) -> None:
+        stored = self._store(page)
+        with self._cond:
+            page.state = StoreState.STORED if stored else StoreState.NONE
+            self._pending_bytes -= page.nbytes
+            self._storing.discard(page)
+            doomed = page in self._doomed
+            self._doomed.discard(page)
+            self._refill()
+            self._cond.notify_all()
+        if doomed and stored:
+            self._discard(page.key)
 
     def _discard(self, key: PageKey) -> None:
         try:
@@ -263,6 +313,14 @@ class WritebackQueue:
         except Exception as exc:
             self._counters.add("disk.werr")
             self._warn("discard", "netcache: removing an invalidated page failed: %r", exc)
+
+    def _store_meta(self, file_id: str, meta: dict[str, Any]) -> None:
+        """Write one file's metadata; never raises, so a worker never dies."""
+        try:
+            self.backend.store_meta(file_id, meta)
+        except Exception as exc:
+            self._counters.add("disk.werr")
+            self._warn("meta", "netcache: writing a file's metadata failed: %r", exc)
 
     def _store(self, page: Page) -> bool:
         """Store one page; never raises, so a worker never dies."""

@@ -285,15 +285,76 @@ def test_metadata_written_once_per_version_not_per_check(server: RangeServer,
     url = f"{server.url}/small.bin"
     fs = http_fs(cache_dir, check_interval=0)  # a version check on every read
     fs.cat_file(url)
+    assert fs.flush(30)  # metadata is written in the background
     metas = [os.path.join(f, n) for f, _, ns in os.walk(cache_dir) for n in ns if n == "meta.json"]
     assert len(metas) == 1
     inode = os.stat(metas[0]).st_ino  # each write is a new file renamed into place
     for _ in range(5):
         fs.cat_file(url)
-    assert os.stat(metas[0]).st_ino == inode
+    assert fs.flush(30) and os.stat(metas[0]).st_ino == inode
     server.put("small.bin", payload(1000, 77))  # a new version is written down
     assert fs.cat_file(url) == payload(1000, 77)
-    assert os.stat(metas[0]).st_ino != inode
+    assert fs.flush(30) and os.stat(metas[0]).st_ino != inode
+
+
+class MetaGatedBackend(MappingBackend):
+    """A disk tier whose metadata writes wait for ``gate`` (bounded)."""
+
+    def __init__(self) -> None:
+        super().__init__({}, BS, 64 * MiB)
+        self.gate = threading.Event()
+        self.writing = threading.Event()
+
+    def store_meta(self, file_id: str, meta: dict[str, object]) -> None:
+        self.writing.set()
+        if not self.gate.wait(timeout=30):
+            raise TimeoutError("test gate never opened")
+        super().store_meta(file_id, meta)
+
+
+def test_opening_a_file_does_not_wait_for_its_metadata_write(server: RangeServer) -> None:
+    backend = MetaGatedBackend()
+    fs = netcache.NetCacheFileSystem(target_protocol="http", cache_dir=backend, block_size=BS)
+    url = f"{server.url}/small.bin"
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fs.cat_file(url)))
+    try:
+        reader.start()
+        reader.join(10)
+        # read while its metadata write is held: the write runs on the write-back worker
+        assert got == [server._files["/small.bin"].data] and backend.writing.is_set()
+        fid = fs.context.cookies.file_id(url)
+        assert backend.load_meta(fid) is None
+    finally:
+        backend.gate.set()
+    assert fs.flush(10)
+    meta = backend.load_meta(fid)
+    assert (
+        meta is not None and meta["version"] == fs.context.cookies.cookie(fs.fs, url, None).version
+    )
+
+
+def test_an_invalidation_has_the_last_word_over_metadata_writes(server: RangeServer) -> None:
+    backend = MetaGatedBackend()
+    fs = netcache.NetCacheFileSystem(target_protocol="http", cache_dir=backend, block_size=BS)
+    first, second = f"{server.url}/small.bin", f"{server.url}/big.bin"
+    invalidated = threading.Event()
+    other = threading.Thread(target=lambda: (fs.invalidate(first), invalidated.set()))
+    try:
+        fs.cat_file(first)
+        assert backend.writing.wait(10)  # its metadata write is under way, held
+        fs.cat_file(second, 0, 10)  # its metadata is queued behind
+        other.start()
+        # the invalidation waits for the write under way (or that write, landing after
+        # it, would name a version the invalidation dropped)
+        assert not invalidated.wait(0.3)
+        fs.invalidate(second)  # queued, not started: dropped, no waiting
+    finally:
+        backend.gate.set()
+    assert invalidated.wait(10) and fs.flush(10)
+    cookies = fs.context.cookies
+    assert backend.load_meta(cookies.file_id(first)) is None
+    assert backend.load_meta(cookies.file_id(second)) is None
 
 
 def _all_on_disk(
