@@ -491,7 +491,6 @@ def test_readahead_tells_the_disk_which_pages_come_next(
     fs, url, data, half = _first_half_on_disk(server, cache_dir)
     advised: list[tuple[str, int, int]] = []
     fadvise = os.posix_fadvise
-
     hinters: set[str] = set()
 
     def recording(fd: int, offset: int, length: int, advice: int) -> None:
