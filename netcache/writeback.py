@@ -198,9 +198,11 @@ class WritebackQueue:
                 ref for ref in self._deferred if (p := ref()) is not None and not doomed(p.key)
             )
             self._doomed.update(p for p in self._storing if doomed(p.key))
-            for fid, meta in list(self._metas.items()):
-                if file_id in (None, fid) and meta.get("version") != keep_version:
-                    del self._metas[fid]
+            # Queued metadata goes whatever version it names: a version kept is on disk
+            # already or written again by the caller (one missing only costs another
+            # process a check with the remote).
+            for fid in [f for f in self._metas if file_id in (None, f)]:
+                del self._metas[fid]
             self._cond.notify_all()
             # A metadata write under way ends soon (one small file): the caller's
             # removal of the file's folder must come after it, not before.
