@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from typing import NamedTuple
 
-from netcache.buffers import PageBuffer
+from netcache.buffers import PageBuffer, recycle
 
 
 class PageKey(NamedTuple):
@@ -41,7 +42,10 @@ class Page:
     """One resident block of bytes.
 
     ``data`` never changes after construction; it is normally a
-    :func:`~netcache.buffers.page_buffer`, so dropping the page gives its memory back.
+    :func:`~netcache.buffers.page_buffer`, so dropping the page gives its memory back,
+    or, when nothing else holds that buffer any more, lends it to a later page. Code that
+    keeps a page's bytes beyond a call must keep the page or a copy: a view of ``data``
+    is enough to stop the reuse, as it holds a reference to the buffer.
     ``state`` is written only by the :class:`~netcache.writeback.WritebackQueue` under
     its lock; anyone may read it without a lock to take a first look, as
     ``fscache_maybe_release_page`` does.
@@ -56,6 +60,11 @@ class Page:
         #: Last use (``time.monotonic``), kept by the page cache so that reclaim can
         #: take the coldest pages first across several caches.
         self.atime = 0.0
+
+    def __del__(self, recycle: Callable[[object], None] = recycle) -> None:
+        # bound as a default: __del__ may run during interpreter shutdown, when module
+        # globals are already gone
+        recycle(self)
 
     @property
     def nbytes(self) -> int:

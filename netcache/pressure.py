@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
-from netcache.buffers import trim_heap
+from netcache.buffers import drop_recycled, trim_heap
 from netcache.policies.release import PressureLevel, Reason
 from netcache.reclaim import reclaim_pages
 from netcache.sizes import parse_size
@@ -278,8 +278,6 @@ class MemoryPressureMonitor:
         freed, pages = reclaim_pages(victims, nbytes, Reason.PRESSURE, level)
         for cache in caches:
             cache.hold_size()
-        if freed:
-            trim_heap()  # what transient network buffers left on the heap
         elapsed = int((time.perf_counter() - started) * 1e6)
         with self._lock:
             self._counts["rbytes"] += freed
@@ -287,6 +285,12 @@ class MemoryPressureMonitor:
             self._counts["last_us"] = elapsed
             self._counts["max_us"] = max(self._counts["max_us"], elapsed)
             self._episode_bytes += freed
+        # The memory comes back with the last references to the pages, here, after the
+        # counts: whoever sees it come back sees the reclaim in the stats too.
+        del victims
+        if freed:
+            drop_recycled()  # the buffers kept for reuse are outside every budget
+            trim_heap()  # what transient network buffers left on the heap
 
     def _change_level(self, level: PressureLevel, reading: MemoryReading) -> tuple[Any, ...]:
         """Enter ``level`` (caller holds the lock); return the INFO line to log."""

@@ -10,6 +10,7 @@ from conftest import BS, GatedBackend, payload
 
 import netcache
 from netcache import MemoryPressureMonitor, MemoryReading
+from netcache.buffers import drop_recycled, recycled_bytes
 from netcache.page import StoreState
 from netcache.policies import PressureLevel
 
@@ -94,7 +95,10 @@ def test_reclaims_down_to_target() -> None:
     fs = mem_fs(m, "a", 30)
     probe.fs.append(fs)
     fs.cat_file("/pr/a")
+    drop_recycled()
     assert m.check() is L.MODERATE  # 33 pages of 40
+    # the reclaimed pages' buffers are given back, not kept for reuse
+    assert recycled_bytes() == 0
     st = fs.stats()
     assert st.pages.n == 24  # 3 + 24 = 27 pages: under the target of 28
     assert st.pressure.rpages == 6 and st.pressure.rbytes == 6 * BS
