@@ -19,6 +19,7 @@ import ctypes
 import functools
 import mmap
 import sys
+import weakref
 from collections.abc import Callable
 
 # memoryview: a page read from disk, in place in a mapping of its file
@@ -66,22 +67,10 @@ def _refs_seen_by_recycle(owner: object) -> int:
 
 
 class _Owner:
-    __slots__ = ("data", "refs")
+    __slots__ = ("data",)
 
     def __init__(self, data: object) -> None:
         self.data = data
-        self.refs = 0
-
-    def count(self) -> None:
-        self.refs = _refs_seen_by_recycle(self)
-
-
-def _sole_owner_refs() -> int:
-    """What ``sys.getrefcount`` says of a buffer that only its dying page holds, in
-    ``recycle``'s calling shape (the count depends on the interpreter's version)."""
-    owner = _Owner(mmap.mmap(-1, 1))
-    owner.count()
-    return owner.refs
 
 
 #: Reuse is only safe where ``sys.getrefcount`` counts every holder: CPython with its GIL
@@ -92,15 +81,19 @@ _RECYCLING = (
     and sys.version_info < (3, 14)
     and getattr(sys, "_is_gil_enabled", lambda: True)()
 )
-_SOLE_REFS = _sole_owner_refs() if _RECYCLING else 0
+#: What ``sys.getrefcount`` says, in ``recycle``'s calling shape, of a buffer that only
+#: its dying page holds (the count depends on the interpreter's version).
+_SOLE_REFS = _refs_seen_by_recycle(_Owner(mmap.mmap(-1, 1))) if _RECYCLING else 0
 
 
 def recycle(owner: object) -> None:
     """Keep the buffer of ``owner`` (a page being destroyed) for a later page, if nothing
     else can still read it: a view of it, a backend keeping it, a reader mid-copy each
-    hold a reference, and then it is left to be unmapped as usual."""
+    hold a reference, and then it is left to be unmapped as usual. Nor may anything be
+    able to bring ``owner`` back: ``__del__`` runs before weak references are cleared,
+    so a weak reference taken now would return the page, and its bytes would be ours."""
     data = getattr(owner, "data", None)
-    if not _RECYCLING or type(data) is not mmap.mmap:
+    if not _RECYCLING or type(data) is not mmap.mmap or weakref.getweakrefcount(owner):
         return
     del data  # not counted below
     if _refs_seen_by_recycle(owner) != _SOLE_REFS:

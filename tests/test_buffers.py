@@ -43,6 +43,15 @@ def test_a_dropped_page_lends_its_buffer_to_the_next() -> None:
     assert buf[:] == second and recycled_bytes() == 0
 
 
+def test_a_page_someone_could_bring_back_keeps_its_buffer() -> None:
+    """The write-back queue remembers deferred pages by weak reference: while the page
+    dies, such a reference still returns it, so its buffer must not be handed on."""
+    page = make_page(payload(BS, 1))
+    deferred = weakref.ref(page)
+    del page
+    assert deferred() is None and recycled_bytes() == 0
+
+
 @pytest.mark.parametrize("holder", ["view", "reference"])
 def test_a_buffer_someone_still_holds_is_not_reused(holder: str) -> None:
     first = payload(BS, 1)
