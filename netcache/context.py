@@ -303,12 +303,15 @@ class _Registry:
 
     One lock guards the map. A forked child starts with an empty map and a new lock:
     contexts made in the parent (their locks, threads and queued stores) are the
-    parent's, and instances in the child make fresh ones.
+    parent's, and instances in the child make fresh ones. ``forks`` counts the forks
+    this process descends from, so an instance sees that it crossed one with an integer
+    comparison on every read (``os.getpid`` is a system call).
     """
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.contexts: dict[tuple[object, str], CacheContext] = {}
+        self.forks = 0
 
     def acquire(self, config: CacheConfig, target_id: str) -> CacheContext:
         key = (config.cache_dir, target_id)
@@ -328,6 +331,7 @@ class _Registry:
     def reset_after_fork(self) -> None:
         self.lock = threading.Lock()
         self.contexts = {}
+        self.forks += 1
 
     def close_all(self, drain_timeout: float) -> bool:
         """Drain and close every context (sharing ``drain_timeout``), and forget them;

@@ -95,9 +95,8 @@ class PageFetcher:
             return b""
         bs = self.block_size
         first = start // bs
-        pages = self.page_cache.lookup_resident(
-            page_keys(cookie.file_id, cookie.version, range(first, (end - 1) // bs + 1))
-        )
+        pages = self.page_cache.lookup_resident(cookie.file_id, cookie.version, first,
+                                                (end - 1) // bs)  # fmt: skip
         if pages is None:
             return None
         return _join(pages, start - first * bs, end - first * bs)

@@ -155,7 +155,7 @@ class NetCacheFileSystem(ChainedFileSystem):
         #: Serve cached versions when the remote cannot be reached to check them.
         self.offline = offline
         self._target_id = target_identity(self.fs)
-        self._pid = os.getpid()
+        self._forks = registry.forks
         self._context = registry.acquire(self.config, self._target_id)
 
     @property
@@ -166,9 +166,9 @@ class NetCacheFileSystem(ChainedFileSystem):
     @property
     def context(self) -> CacheContext:
         """The process-wide shared cache (made anew in a forked child)."""
-        if self._pid != os.getpid():
+        if self._forks != registry.forks:
             self._context = registry.acquire(self.config, self._target_id)
-            self._pid = os.getpid()
+            self._forks = registry.forks
         return self._context
 
     # -- paths ---------------------------------------------------------------------------
@@ -521,7 +521,7 @@ class NetCacheFile(AbstractBufferedFile):
         formats a debug log line on every call, on the path of every warm read.
         """
         length = -1 if length is None else int(length)
-        if self.closed:
+        if self._closed:  # what fsspec's ``closed`` property reads, without the property
             raise ValueError("I/O operation on closed file.")
         start = self.loc
         end = self.size if length < 0 else min(start + length, self.size)

@@ -375,8 +375,7 @@ def test_pages_read_from_disk_are_mappings_of_their_files(
     fs = _reopen(cache_dir)
     assert fs.cat_file(url, 0, 3 * BS) == data[: 3 * BS]
     cookie = fs._cookie(url)
-    page = fs.context.page_cache.lookup_resident([netcache.page.PageKey(cookie.file_id,
-                                                 cookie.version, 1)])[0]  # fmt: skip
+    page = fs.context.page_cache.lookup_resident(cookie.file_id, cookie.version, 1, 1)[0]
     assert isinstance(page.data, memoryview) and len(page.data) == BS
     # netcache culls (unlink), and writes a slot only with the bytes it holds: a mapped
     # page keeps its bytes whatever happens to its segment's name, and to other slots
@@ -457,8 +456,8 @@ def test_deferred_stores_of_an_invalidated_file_are_dropped() -> None:
     assert fs.cat_file("/deferred/f") == blob
     assert backend.storing.wait(10)
     cookie = fs._cookie("/deferred/f")
-    keys = [netcache.page.PageKey(cookie.file_id, cookie.version, i) for i in range(40)]
-    held = fs.context.page_cache.lookup_resident(keys)  # a reader still holds the pages
+    # a reader still holds the pages
+    held = fs.context.page_cache.lookup_resident(cookie.file_id, cookie.version, 0, 39)
     assert held is not None
     fs.invalidate("/deferred/f")
     backend.gate.set()
