@@ -521,7 +521,7 @@ class NetCacheFile(AbstractBufferedFile):
         formats a debug log line on every call, on the path of every warm read.
         """
         length = -1 if length is None else int(length)
-        if self._closed:  # what fsspec's ``closed`` property reads, without the property
+        if self.closed:
             raise ValueError("I/O operation on closed file.")
         start = self.loc
         end = self.size if length < 0 else min(start + length, self.size)
