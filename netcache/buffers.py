@@ -14,11 +14,11 @@ more than its ``memory_limit`` does all the time: each page admitted evicts one.
 
 from __future__ import annotations
 
-import collections
 import ctypes
 import functools
 import mmap
 import sys
+import threading
 import weakref
 from collections.abc import Callable
 
@@ -37,15 +37,10 @@ def empty_page_buffer(nbytes: int) -> mmap.mmap:
 
 def page_buffer(data: bytes | bytearray | memoryview) -> mmap.mmap:
     """A copy of ``data`` in its own mapping: a recycled one of the same size if any."""
-    recycled = _recycled.get(len(data))
-    if recycled:
-        try:
-            buf = recycled.pop()
-        except IndexError:  # another thread took the last one
-            pass
-        else:
-            buf[:] = data
-            return buf
+    buf = _take_recycled(len(data)) if _kept.nbytes else None  # a stale peek costs nothing
+    if buf is not None:
+        buf[:] = data
+        return buf
     buf = empty_page_buffer(len(data))
     buf.write(data)
     buf.seek(0)
@@ -56,10 +51,36 @@ def page_buffer(data: bytes | bytearray | memoryview) -> mmap.mmap:
 #: memory budget (a reclaim under memory pressure gives them back: ``drop_recycled``).
 RECYCLE_BYTES = 2 << 20
 
-#: Buffers kept, by size. A deque's ``append`` and ``pop`` are atomic, so ``recycle``
-#: takes no lock: it runs in ``Page.__del__``, on whatever thread drops the last
-#: reference to a page, possibly while that thread holds some lock of its own.
-_recycled: dict[int, collections.deque[mmap.mmap]] = {}
+
+class _Kept:
+    """The buffers kept for reuse, by size, and their total.
+
+    Locking: one lock, held only for a few list and integer operations. ``recycle`` runs
+    in ``Page.__del__``, on whatever thread drops a page, which may be inside this very
+    lock (a garbage collection can run anywhere), so it only tries the lock and lets the
+    buffer go when it is taken; nothing ever waits for it but ``page_buffer`` and
+    ``drop_recycled``, which hold it for microseconds.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.by_size: dict[int, list[mmap.mmap]] = {}
+        self.nbytes = 0
+
+
+_kept = _Kept()
+
+
+def _take_recycled(nbytes: int) -> mmap.mmap | None:
+    with _kept.lock:
+        bufs = _kept.by_size.get(nbytes)
+        if not bufs:
+            return None
+        buf = bufs.pop()
+        if not bufs:
+            del _kept.by_size[nbytes]  # sizes of files' last pages come and go
+        _kept.nbytes -= nbytes
+        return buf
 
 
 def _refs_seen_by_recycle(owner: object) -> int:
@@ -99,22 +120,26 @@ def recycle(owner: object) -> None:
     if _refs_seen_by_recycle(owner) != _SOLE_REFS:
         return
     buf = owner.data  # type: ignore[attr-defined]
-    recycled = _recycled.get(len(buf))
-    if recycled is None:
-        recycled = _recycled.setdefault(len(buf), collections.deque())
-    if len(recycled) * len(buf) < RECYCLE_BYTES:
-        recycled.append(buf)
+    if not _kept.lock.acquire(blocking=False):
+        return
+    try:
+        if _kept.nbytes + len(buf) <= RECYCLE_BYTES:
+            _kept.by_size.setdefault(len(buf), []).append(buf)
+            _kept.nbytes += len(buf)
+    finally:
+        _kept.lock.release()
 
 
 def recycled_bytes() -> int:
     """Bytes of dropped pages' buffers kept for reuse right now."""
-    return sum(len(buf) for recycled in list(_recycled.values()) for buf in list(recycled))
+    return _kept.nbytes
 
 
 def drop_recycled() -> None:
     """Give every kept buffer back to the operating system (under memory pressure)."""
-    for recycled in list(_recycled.values()):
-        recycled.clear()
+    with _kept.lock:
+        dropped, _kept.by_size, _kept.nbytes = _kept.by_size, {}, 0
+    dropped.clear()  # unmapped here, outside the lock
 
 
 @functools.cache
