@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
-from netcache.page import Page, PageKey, StoreState
+from netcache.page import Page, PageKey, StoreState, page_keys
 from netcache.policies.eviction import EvictionPolicy
 from netcache.policies.release import (
     Outcome,
@@ -134,12 +134,12 @@ class PageCache:
     ) -> list[Page] | None:
         """Pages ``first..last`` of one file version if every one is resident (touched and
         counted as memory hits), else None with nothing touched: the hot path of a warm
-        read, so the keys are made here, in the one pass under the lock."""
+        read."""
         now = time.monotonic()
-        new = tuple.__new__  # not PageKey(...): its Python-level __new__ costs as much
+        keys = page_keys(file_id, version, range(first, last + 1))
         with self._lock:
             get = self._pages.get
-            pages = [get(new(PageKey, (file_id, version, i))) for i in range(first, last + 1)]
+            pages = [get(key) for key in keys]
             if None in pages:
                 return None
             touch = self.eviction.touch
