@@ -34,7 +34,10 @@ class WritebackQueue:
     """A bounded FIFO of pages to store, served by worker threads.
 
     A page moves NONE -> PENDING (``submit``) -> STORING (a worker took it) -> STORED, or
-    back to NONE when its store is cancelled, refused or fails. ``submit`` never blocks:
+    back to NONE when its store is cancelled, refused or fails. A worker takes the first
+    queued page with the pages queued right behind it that follow it in its file, up to
+    the backend's ``store_batch_pages``, and stores them in one call; it never waits for
+    more to come. ``submit`` never blocks:
     once ``max_pending_bytes`` are queued or being stored, a store is refused for now
     (counted as ``nbf``) and the page is remembered by a weak reference: when there is
     room again it is queued (counted in ``ok`` then), if it is still alive and unstored.
@@ -261,9 +264,9 @@ class WritebackQueue:
         del self._queue[page]
         self._pending_bytes -= page.nbytes
 
-    def _next_job(self) -> Page | tuple[str, dict[str, Any]] | None:
-        """Take the next job: a file's metadata (one written at a time), else a page, else
-        None. Caller holds the lock."""
+    def _next_job(self) -> list[Page] | tuple[str, dict[str, Any]] | None:
+        """Take the next job: a file's metadata (one written at a time), else pages to
+        store in one call, else None. Caller holds the lock."""
         if self._metas and self._meta_running is None:
             file_id, meta = self._metas.popitem(last=False)
             self._meta_running = file_id
@@ -273,9 +276,18 @@ class WritebackQueue:
         if not self._queue:
             return None
         page, _ = self._queue.popitem(last=False)
-        page.state = StoreState.STORING
-        self._storing.add(page)
-        return page
+        batch = [page]
+        # the pages right behind it, if they follow it in its file: one store call
+        while len(batch) < self.backend.store_batch_pages and self._queue:
+            key, follower = page.key, next(iter(self._queue))
+            if follower.key != (key.file_id, key.version, key.index + 1):
+                break
+            del self._queue[follower]
+            batch.append(page := follower)
+        for page in batch:
+            page.state = StoreState.STORING
+        self._storing.update(batch)
+        return batch
 
     def _work(self) -> None:
         _lower_priority()
@@ -286,7 +298,7 @@ class WritebackQueue:
                     if self._closed:
                         return
                     cond.wait()
-            if isinstance(job, Page):
+            if isinstance(job, list):
                 self._run_store(job)
             else:
                 try:
@@ -296,18 +308,20 @@ class WritebackQueue:
                         self._meta_running = None
                         cond.notify_all()
 
-    def _run_store(self, page: Page) -> None:
-        stored = self._store(page)
+    def _run_store(self, pages: list[Page]) -> None:
+        stored = self._store(pages)
         with self._cond:
-            page.state = StoreState.STORED if stored else StoreState.NONE
-            self._pending_bytes -= page.nbytes
-            self._storing.discard(page)
-            doomed = page in self._doomed
-            self._doomed.discard(page)
+            for page in pages:
+                page.state = StoreState.STORED if stored else StoreState.NONE
+                self._pending_bytes -= page.nbytes
+                self._storing.discard(page)
+            doomed = [page for page in pages if page in self._doomed]
+            self._doomed.difference_update(doomed)
             self._refill()
             self._cond.notify_all()
-        if doomed and stored:
-            self._discard(page.key)
+        if stored:
+            for page in doomed:
+                self._discard(page.key)
 
     def _discard(self, key: PageKey) -> None:
         try:
@@ -324,19 +338,21 @@ class WritebackQueue:
             self._counters.add("disk.werr")
             self._warn("meta", "netcache: writing a file's metadata failed: %r", exc)
 
-    def _store(self, page: Page) -> bool:
-        """Store one page; never raises, so a worker never dies."""
-        self._counters.add("stores.run")
+    def _store(self, pages: list[Page]) -> bool:
+        """Store pages in one call; never raises, so a worker never dies. On a failure
+        none counts as stored (some may be: storing one again leaves it as it is)."""
+        n = len(pages)
+        self._counters.add("stores.run", n)
         try:
-            self.backend.store_page(page.key, page.data)
+            self.backend.store_pages([(page.key, page.data) for page in pages])
         except MemoryError:
-            self._counters.add("stores.oom")
+            self._counters.add("stores.oom", n)
             return False
         except Exception as exc:
-            self._counters.add_many({"stores.err": 1, "disk.werr": 1})
+            self._counters.add_many({"stores.err": n, "disk.werr": n})
             self._warn("store", "netcache: storing a page in the disk tier failed: %r", exc)
             return False
-        self._counters.add("stores.pgs")
+        self._counters.add("stores.pgs", n)
         return True
 
 

@@ -577,6 +577,105 @@ def test_adjacent_pages_load_in_one_mapping_and_damage_spoils_only_its_page(
     assert bytes(reader.load_page(keys[6])) == payload(BS, 6)  # type: ignore[arg-type]
 
 
+def _takes_o_direct(folder: str) -> bool:
+    try:
+        os.close(os.open(os.path.join(folder, "probe"), os.O_WRONLY | os.O_CREAT | os.O_DIRECT))
+    except OSError:
+        return False
+    return True
+
+
+def test_a_run_of_pages_is_stored_in_two_writes_and_taken_slots_are_kept(
+    cache_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fcntl
+
+    from netcache.backends import DirectoryBackend
+    from netcache.buffers import page_buffer
+
+    backend = DirectoryBackend(cache_dir, BS, 64 * BS)  # 4 pages a segment
+    per, table = backend.segment_pages, table_size(backend.segment_pages)
+    keys = [netcache.page.PageKey("ab" * 16, "cd" * 16, i) for i in range(per + 3)]
+    data = {key: payload(BS, key.index) for key in keys[:-1]}
+    data[keys[-1]] = payload(BS // 2, keys[-1].index)  # the file's last page is short
+    DirectoryBackend(cache_dir, BS, 64 * BS).store_page(keys[1], payload(BS, 99))  # another's
+    writes: list[tuple[int, list[int], bool]] = []
+    pwritev = os.pwritev
+
+    def recording(fd: int, buffers: list[memoryview], offset: int) -> int:
+        direct = bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT)
+        writes.append((offset, [len(b) for b in buffers], direct))
+        return pwritev(fd, buffers, offset)
+
+    monkeypatch.setattr(os, "pwritev", recording)
+    backend.store_pages([(key, page_buffer(data[key])) for key in keys])
+    d = _takes_o_direct(cache_dir)  # whole pages' bytes bypass the OS page cache
+    assert writes == [
+        (table, [BS], d), (0, [HEADER], False),  # slot 1 is taken: left as it is
+        (table + 2 * BS, [BS, BS], d), (2 * HEADER, [2 * HEADER], False),
+        # the next segment: one run, its short last page through the OS page cache
+        (table, [BS, BS], d), (table + 2 * BS, [BS // 2], False), (0, [3 * HEADER], False),
+    ]  # fmt: skip
+    reader = DirectoryBackend(cache_dir, BS, 64 * BS)  # another process
+    loaded = reader.load_pages(keys)
+    assert bytes(loaded.pop(keys[1])) == payload(BS, 99)  # type: ignore[arg-type]
+    assert {k: bytes(v) for k, v in loaded.items()} == {k: data[k] for k in loaded}  # type: ignore[arg-type]
+    assert len(loaded) == len(keys) - 1
+
+
+def test_a_filesystem_refusing_o_direct_gets_buffered_writes(
+    cache_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from netcache.backends import DirectoryBackend
+    from netcache.buffers import page_buffer
+
+    tried: list[str] = []
+    real_open = os.open
+
+    def no_direct(path: str, flags: int, *args: int) -> int:
+        if flags & os.O_DIRECT:  # as tmpfs and some FUSE filesystems answer
+            tried.append(path)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", no_direct)
+    backend = DirectoryBackend(cache_dir, BS, 64 * MiB)
+    keys = [netcache.page.PageKey("ab" * 16, "cd" * 16, i) for i in range(4)]
+    backend.store_pages([(key, page_buffer(payload(BS, key.index))) for key in keys[:2]])
+    backend.store_pages([(key, page_buffer(payload(BS, key.index))) for key in keys[2:]])
+    assert len(tried) == 1  # refused once, not asked again
+    loaded = DirectoryBackend(cache_dir, BS, 64 * MiB).load_pages(keys)
+    assert {k.index: bytes(v) for k, v in loaded.items()} == {  # type: ignore[arg-type]
+        k.index: payload(BS, k.index) for k in keys
+    }
+
+
+def test_short_writes_are_completed(cache_dir: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from netcache.backends import DirectoryBackend
+
+    pwritev = os.pwritev
+    # a kernel may write less than asked: 1000 bytes at most here
+    monkeypatch.setattr(os, "pwritev", lambda fd, buffers, offset: pwritev(
+        fd, [memoryview(buffers[0])[:1000]], offset))  # fmt: skip
+    backend = DirectoryBackend(cache_dir, BS, 64 * MiB)
+    keys = [netcache.page.PageKey("ab" * 16, "cd" * 16, i) for i in range(3)]
+    backend.store_pages([(key, payload(BS, key.index)) for key in keys])
+    loaded = DirectoryBackend(cache_dir, BS, 64 * MiB).load_pages(keys)
+    assert {k.index: bytes(v) for k, v in loaded.items()} == {  # type: ignore[arg-type]
+        k.index: payload(BS, k.index) for k in keys
+    }
+
+
+def test_spans_end_after_a_short_page() -> None:
+    from netcache.backends.directory import _spans
+
+    whole = [True, False, True, True, True, True]
+    assert list(_spans([0, 1, 2, 4, 5], whole)) == [(0, 2), (2, 3), (4, 6)]
+    assert list(_spans([], whole)) == []
+
+
 def test_a_hint_from_a_segment_s_first_page_covers_its_header_table(
     cache_dir: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -54,6 +54,34 @@ def test_bsy_can_then_nos() -> None:
     assert fs.stats().pages.n == 0
 
 
+def test_a_worker_stores_the_pages_following_its_page_in_one_call() -> None:
+    class Batching(GatedBackend):
+        store_batch_pages = 3
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls: list[list[tuple[str, int]]] = []
+
+        def store_pages(self, pages):  # type: ignore[no-untyped-def]
+            self.calls.append([(name[k.file_id], k.index) for k, _ in pages])
+            super().store_pages(pages)
+
+    backend = Batching()
+    fs = make_fs(backend)
+    name = {fs.context.cookies.file_id(f"/rel/{n}.bin"): n for n in "pc"}
+    fs.cat_file("/rel/c.bin", 3 * BS, 4 * BS)
+    assert backend.storing.wait(10)  # the worker holds c's last page: the rest queue up
+    fs.cat_file("/rel/p.bin", 0, 2 * BS)
+    fs.cat_file("/rel/c.bin", 0, BS)
+    fs.cat_file("/rel/p.bin", 2 * BS, 4 * BS)
+    backend.gate.set()
+    assert fs.flush(10)
+    # each call: one page and those queued right behind it that follow it in its file
+    assert backend.calls == [[("c", 3)], [("p", 0), ("p", 1)], [("c", 0)], [("p", 2), ("p", 3)]]
+    assert [p.state for p in pages_of(fs, "p")] == [StoreState.STORED] * 4
+    assert fs.stats().stores.pgs == 6
+
+
 def test_gon_store_finishes_between_look_and_lock() -> None:
     backend = GatedBackend()
     fs = make_fs(backend, release_policy=CancelPending())

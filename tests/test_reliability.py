@@ -168,10 +168,10 @@ class FlakyDisk(DirectoryBackend):
 
     broken: int | None = None
 
-    def store_page(self, key, data):  # type: ignore[no-untyped-def]
+    def store_pages(self, pages):  # type: ignore[no-untyped-def]
         if self.broken is not None:
             raise OSError(self.broken, os.strerror(self.broken))
-        super().store_page(key, data)
+        super().store_pages(pages)
 
 
 @pytest.mark.parametrize("trouble", ["full", "read-only"])

@@ -77,12 +77,22 @@ class Backend(ABC):
     """
 
     block_size: int
+    #: Pages a ``store_pages`` call is given at most: more than one only for a backend
+    #: that writes a run of pages in one go.
+    store_batch_pages: int = 1
 
     @abstractmethod
     def load_page(self, key: PageKey) -> PageBuffer | None: ...
 
     @abstractmethod
     def store_page(self, key: PageKey, data: PageBuffer) -> None: ...
+
+    def store_pages(self, pages: Sequence[tuple[PageKey, PageBuffer]]) -> None:
+        """Store several pages (adjacent pages of one file version, in order); raises
+        on the first that fails, the pages before it stored. The default calls
+        ``store_page`` for each; a backend that writes a run in one go overrides it."""
+        for key, data in pages:
+            self.store_page(key, data)
 
     @abstractmethod
     def discard_page(self, key: PageKey) -> None: ...
