@@ -319,9 +319,9 @@ class WritebackQueue:
             self._doomed.difference_update(doomed)
             self._refill()
             self._cond.notify_all()
-        if stored:
-            for page in doomed:
-                self._discard(page.key)
+        # also after a failure: a call that failed part-way may have stored some of them
+        for page in doomed:
+            self._discard(page.key)
 
     def _discard(self, key: PageKey) -> None:
         try:

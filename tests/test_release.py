@@ -82,6 +82,38 @@ def test_a_worker_stores_the_pages_following_its_page_in_one_call() -> None:
     assert fs.stats().stores.pgs == 6
 
 
+def test_a_store_call_failing_part_way_is_undone_for_an_invalidated_file() -> None:
+    import errno
+
+    from netcache.backends import MappingBackend
+
+    class FailsPartWay(MappingBackend):
+        store_batch_pages = 4
+
+        def __init__(self) -> None:
+            super().__init__({}, BS, 1 << 26)
+            self.entered, self.go = threading.Event(), threading.Event()
+
+        def store_pages(self, pages):  # type: ignore[no-untyped-def]
+            self.entered.set()
+            if not self.go.wait(30):
+                raise TimeoutError("test gate never opened")
+            self.store_page(*pages[0])
+            raise OSError(errno.EIO, "the disk failed after the first page")
+
+    backend = FailsPartWay()
+    fs = make_fs(backend)  # type: ignore[arg-type]
+    fs.cat_file("/rel/p.bin")
+    cookie = fs._cookie("/rel/p.bin")
+    assert backend.entered.wait(10)  # a store call is running
+    fs.invalidate("/rel/p.bin")
+    backend.go.set()
+    assert fs.flush(10)
+    assert fs.stats().stores.err >= 1
+    keys = [netcache.page.PageKey(cookie.file_id, cookie.version, i) for i in range(4)]
+    assert [backend.load_page(key) for key in keys] == [None] * 4  # its first page undone
+
+
 def test_gon_store_finishes_between_look_and_lock() -> None:
     backend = GatedBackend()
     fs = make_fs(backend, release_policy=CancelPending())
