@@ -38,7 +38,7 @@ DEFAULT_BLOCK_SIZE = 128 * KiB
 #: Memory budget: 512 MiB, or an eighth of the machine's memory if that is less.
 DEFAULT_MEMORY_LIMIT = min(512 * MiB, psutil.virtual_memory().total // 8)
 DEFAULT_DISK_LIMIT = 10 * GiB
-DEFAULT_WRITEBACK_WORKERS = 1
+DEFAULT_WRITEBACK_WORKERS = 2
 #: Seconds between checks that a remote file is unchanged.
 DEFAULT_CHECK_INTERVAL = 60.0
 #: At interpreter exit, pending write-backs get this long to finish; the rest is dropped.

@@ -78,8 +78,9 @@ class NetCacheFileSystem(ChainedFileSystem):
         What reclaim does with pages whose store is pending; None is
         :class:`~netcache.policies.PressureGraded`.
     writeback_workers:
-        Threads storing pages into the disk tier, default 1: one keeps up with a local
-        disk, and each more takes CPU from readers.
+        Threads storing pages into the disk tier at most, default 2: one runs from the
+        first store, and another starts each time the queue is full (the disk falls
+        behind), as each takes CPU from readers.
     check_interval:
         Seconds between checks that a remote file is unchanged (default 60); 0 checks on
         every open and every ``cat``; None means remote files never change.

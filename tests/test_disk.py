@@ -451,6 +451,21 @@ def test_stores_refused_for_lack_of_room_are_made_later() -> None:
     assert st.stores.pgs == 40 and st.stores.ok == 40 and st.stores.pend == 0
 
 
+def test_a_second_worker_starts_only_when_the_disk_falls_behind() -> None:
+    fs, backend, blob = _gated(workers=2)
+    queue = fs.context.writeback
+    assert queue is not None
+    assert fs.cat_file("/deferred/f", 0, 8 * BS) == blob[: 8 * BS]  # room for all 8
+    assert backend.storing.wait(10)
+    assert len(queue._threads) == 1 and fs.stats().stores.nbf == 0
+    assert fs.cat_file("/deferred/f") == blob  # 32 more pages; the queue holds 16
+    assert fs.stats().stores.nbf > 0 and len(queue._threads) == 2
+    backend.gate.set()
+    assert fs.flush(30)
+    assert sorted(k.index for k in backend.stored) == list(range(40))
+    assert len(queue._threads) == 2  # never more than asked for
+
+
 def test_deferred_stores_of_an_invalidated_file_are_dropped() -> None:
     fs, backend, blob = _gated()
     assert fs.cat_file("/deferred/f") == blob
