@@ -169,9 +169,10 @@ class DirectoryBackend(Backend):
     unlinks.
 
     Thread-safety: one lock guards the index, the slot masks and the counters; file I/O
-    runs outside it. Segments are not fsynced: a process crash cannot tear them (the
-    kernel holds the data), and after a power loss the checksum turns a torn page into
-    a miss.
+    runs outside it. Whether writes bypass the page cache only ever turns from on to off,
+    without the lock (a store racing with the first refusal tries once more). Segments
+    are not fsynced: a process crash cannot tear them (the kernel holds the data), and
+    after a power loss the checksum turns a torn page into a miss.
     """
 
     def __init__(self, cache_dir: str, block_size: int, limit: int) -> None:
