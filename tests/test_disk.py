@@ -638,24 +638,35 @@ def test_a_run_of_pages_is_stored_in_two_writes_and_taken_slots_are_kept(
     assert len(loaded) == len(keys) - 1
 
 
+@pytest.mark.parametrize("refused_at", ["open", "write"])
 def test_a_filesystem_refusing_o_direct_gets_buffered_writes(
-    cache_dir: str, monkeypatch: pytest.MonkeyPatch
+    cache_dir: str, monkeypatch: pytest.MonkeyPatch, refused_at: str
 ) -> None:
     import errno
+    import fcntl
 
     from netcache.backends import DirectoryBackend
     from netcache.buffers import page_buffer
 
-    tried: list[str] = []
-    real_open = os.open
+    tried: list[object] = []
+    real_open, real_pwritev = os.open, os.pwritev
 
-    def no_direct(path: str, flags: int, *args: int) -> int:
+    def no_direct_open(path: str, flags: int, *args: int) -> int:
         if flags & os.O_DIRECT:  # as tmpfs and some FUSE filesystems answer
             tried.append(path)
             raise OSError(errno.EINVAL, "Invalid argument")
         return real_open(path, flags, *args)
 
-    monkeypatch.setattr(os, "open", no_direct)
+    def no_direct_write(fd: int, buffers: list[memoryview], offset: int) -> int:
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            tried.append(fd)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_pwritev(fd, buffers, offset)
+
+    if refused_at == "open":
+        monkeypatch.setattr(os, "open", no_direct_open)
+    else:
+        monkeypatch.setattr(os, "pwritev", no_direct_write)
     backend = DirectoryBackend(cache_dir, BS, 64 * MiB)
     keys = [netcache.page.PageKey("ab" * 16, "cd" * 16, i) for i in range(4)]
     backend.store_pages([(key, page_buffer(payload(BS, key.index))) for key in keys[:2]])

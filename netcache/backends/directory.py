@@ -446,14 +446,9 @@ class DirectoryBackend(Backend):
         filesystem refuses (then off for good): the caller writes them the usual way."""
         if not self._direct or any(type(data) is not mmap.mmap for _, _, data in run):
             return False
-        try:
+        fd = -1
+        try:  # EINVAL: the filesystem does not take O_DIRECT at open, or at the write
             fd = os.open(path, os.O_WRONLY | self._direct)
-        except OSError as exc:
-            if exc.errno != errno.EINVAL:
-                raise
-            self._direct = 0
-            return False
-        try:
             _pwrite_all(fd, [data for _, _, data in run], at)
         except OSError as exc:
             if exc.errno != errno.EINVAL:
@@ -461,7 +456,8 @@ class DirectoryBackend(Backend):
             self._direct = 0
             return False
         finally:
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
         return True
 
     def discard_page(self, key: PageKey) -> None:
