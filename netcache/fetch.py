@@ -76,16 +76,6 @@ class PageFetcher:
 
     # -- public ----------------------------------------------------------------------------
 
-    def read(
-        self, target: AbstractFileSystem, cookie: FileCookie, start: int, end: int, verify: bool
-    ) -> bytes:
-        """One range. When every page is resident (the common case of a warm cache) the
-        bytes are joined straight from them; otherwise it is ``read_ranges``."""
-        data = self.read_resident(cookie, start, end)
-        if data is None:
-            return self.read_ranges(target, [(cookie, start, end)], verify)[0]
-        return data
-
     def read_resident(self, cookie: FileCookie, start: int, end: int) -> bytes | None:
         """The bytes if every page is resident, else None: no I/O and no waiting, so an
         event loop may call it."""

@@ -215,7 +215,12 @@ class NetCacheFileSystem(ChainedFileSystem):
 
     def read_pages(self, cookie: FileCookie, start: int, end: int) -> bytes:
         """Bytes ``[start, end)`` of one pinned version of a file."""
-        return self.context.fetcher.read(self.fs, cookie, start, end, self._verify)
+        fetcher = self.context.fetcher
+        # resident pages first, with no more calls than needed: the path of a warm read
+        data = fetcher.read_resident(cookie, start, end)
+        if data is None:
+            return fetcher.read_ranges(self.fs, [(cookie, start, end)], self._verify)[0]
+        return data
 
     def prefetch(self, paths: str | list[str], callback: Callback = DEFAULT_CALLBACK) -> int:
         """Fetch every page of ``paths`` (files, or folders: all files under them) into the

@@ -70,3 +70,32 @@ def test_scan_resistance(policy: str, hot_hits_at_least: float, hot_hits_at_most
                 reads += 20
     assert hot_hits_at_least <= hits / reads <= hot_hits_at_most, (hits, reads)
     assert fs.stats().pages.bytes <= 100 * BS
+
+
+def test_warm_reads_touch_every_page_they_use_and_only_then() -> None:
+    mem = fsspec.filesystem("memory")
+    data = payload(6 * BS, 3)
+    mem.pipe_file("/touch/f", data)
+    fs = netcache.NetCacheFileSystem(fs=mem, cache_dir=False, block_size=BS, readahead=False,
+                                     memory_monitor=False, skip_instance_cache=True)  # fmt: skip
+    cache = fs.context.page_cache
+    with fs.open("/touch/f") as f:
+        f.read(4 * BS)  # pages 0-3 resident, admitted in order
+        order = [key.index for key in cache.eviction.victims()]
+        assert order == [0, 1, 2, 3]
+        hits = fs.stats().retrievals.mem
+        f.seek(BS + 5)
+        assert f.read(10) == data[BS + 5 : BS + 15]  # one page
+        f.seek(2 * BS - 3)
+        assert f.read(BS) == data[2 * BS - 3 : 3 * BS - 3]  # two pages
+        assert [key.index for key in cache.eviction.victims()] == [0, 3, 1, 2]
+        assert fs.stats().retrievals.mem == hits + 3
+        pages = cache.lookup_resident(f.cookie.file_id, f.cookie.version, 0, 0)
+        assert [page.key.index for page in pages] == [0]  # type: ignore[union-attr]
+        assert [key.index for key in cache.eviction.victims()] == [3, 1, 2, 0]
+        hits += 1
+        # a read that needs a page not resident takes the fetching path: the resident
+        # lookup touches nothing, and only the fetch's own lookup counts and touches
+        assert cache.lookup_resident(f.cookie.file_id, f.cookie.version, 3, 4) is None
+        assert [key.index for key in cache.eviction.victims()] == [3, 1, 2, 0]
+        assert fs.stats().retrievals.mem == hits + 3
