@@ -67,11 +67,17 @@ class CookieJar:
         check_interval: float | None,
         refresh: bool = False,
         offline: bool = False,
+        first_look: Callable[[str], dict[str, Any]] | None = None,
     ) -> FileCookie:
         """The current version of ``path``. With ``offline`` set, a version check that
         cannot reach the remote falls back to the last version known (in memory or on
-        disk, however old), counted as ``Retrvls: stale``; a missing file still raises."""
+        disk, however old), counted as ``Retrvls: stale``; a missing file still raises.
+
+        ``first_look(path)`` is asked instead of ``target.info`` when this process knows
+        no version of the path at all (a first open, which may fetch bytes with the
+        version); a recheck of a known version asks ``info``."""
         fid = make_file_id(self.target_id, path)
+        ask = target.info
         if not refresh and check_interval != 0:
             with self._lock:
                 entry = self._cookies.get(path)
@@ -80,8 +86,10 @@ class CookieJar:
             cookie = self._from_disk(fid, path, check_interval)
             if cookie is not None:
                 return cookie
+            if entry is None and first_look is not None:
+                ask = first_look
         try:
-            info = target.info(path)
+            info = ask(path)
         except Exception as exc:
             known = self._last_known(fid, path) if offline and _unreachable(exc) else None
             if known is None:

@@ -201,13 +201,23 @@ class PageFetcher:
     def load_whole(self, target: AbstractFileSystem, cookie: FileCookie) -> FileCookie:
         """Read a file whose size the remote does not report, once, into pages."""
         data = target.cat_file(cookie.path)
-        self._counters.add_many({"retrievals.req": 1, "retrievals.rbytes": len(data)})
         cookie = cookie.with_size(len(data))
-        for page in self._split(cookie, 0, data):
+        self.offer_blob(cookie, 0, data)
+        return cookie
+
+    def offer_blob(self, cookie: FileCookie, start: int, blob: bytes) -> None:
+        """Admit the pages of ``blob`` (bytes from ``start``, a page boundary, that the
+        remote sent for ``cookie`` unasked) that it holds whole, or up to the end of the
+        file; the pages already resident or being fetched are left as they are."""
+        assert cookie.size is not None and start % self.block_size == 0
+        self._counters.add_many({"retrievals.req": 1, "retrievals.rbytes": len(blob)})
+        end = start + len(blob)
+        if end < cookie.size:
+            blob = blob[: len(blob) - len(blob) % self.block_size]
+        for page in self._split(cookie, start, blob):
             self._counters.add("retrievals.remote")
             if self.page_cache.offer(page):
                 self._store(page)
-        return cookie
 
     # -- internals -------------------------------------------------------------------------
 

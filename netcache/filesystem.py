@@ -28,6 +28,7 @@ from netcache.context import (
 from netcache.cookie import FileCookie
 from netcache.errors import FileChangedError
 from netcache.fetch import READAHEAD_CHUNK_BYTES
+from netcache.firstlook import FIRST_LOOK_BYTES, first_look
 from netcache.identity import redact_url, target_identity
 from netcache.policies.eviction import EvictionPolicy
 from netcache.policies.release import PressureLevel, Reason, ReleasePolicy
@@ -187,11 +188,30 @@ class NetCacheFileSystem(ChainedFileSystem):
     def _target_path(self, path: str) -> str:
         return self.fs._strip_protocol(self._strip_protocol(path))
 
-    def _cookie(self, path: str, refresh: bool = False) -> FileCookie:
+    def _cookie(self, path: str, refresh: bool = False, reading: bool = False) -> FileCookie:
+        """The version of ``path`` to read. ``reading``: bytes from the start of the file
+        are about to be read, so a first open may fetch them with the version."""
         context = self.context
+        looked: list[bytes] = []
+
+        def look(tpath: str) -> dict[str, Any]:
+            nbytes = max(1, FIRST_LOOK_BYTES // self.config.block_size) * self.config.block_size
+            answer = first_look(self.fs, tpath, nbytes)
+            if answer is None:
+                return self.fs.info(tpath)
+            looked.append(answer[1])
+            return answer[0]
+
         cookie = context.cookies.cookie(
-            self.fs, self._target_path(path), self.config.check_interval, refresh, self.offline
+            self.fs,
+            self._target_path(path),
+            self.config.check_interval,
+            refresh,
+            self.offline,
+            first_look=look if reading else None,
         )
+        if looked:  # the cookie was made from that very answer: its bytes are this version's
+            context.fetcher.offer_blob(cookie, 0, looked[0])
         if cookie.size is None:
             cookie = context.fetcher.load_whole(self.fs, cookie)
             context.cookies.sized(cookie)
@@ -204,7 +224,7 @@ class NetCacheFileSystem(ChainedFileSystem):
             unknown = set(kwargs) - _IGNORED_OPEN_ARGS
             if unknown:
                 raise TypeError(f"open() got unexpected argument(s) {sorted(unknown)}")
-            return NetCacheFile(self, path, self._cookie(path))
+            return NetCacheFile(self, path, self._cookie(path, reading=True))
         tpath = self._target_path(path)
         self.invalidate(tpath)
         return WriteThroughFile(self.fs.open(tpath, mode, **kwargs), lambda: self.invalidate(tpath))
@@ -233,7 +253,7 @@ class NetCacheFileSystem(ChainedFileSystem):
         files: list[str] = []
         for path in [paths] if isinstance(paths, str) else list(paths):
             files.extend(self.find(path) if self.isdir(path) else [path])
-        cookies = [self._cookie(self._target_path(p)) for p in files]
+        cookies = [self._cookie(self._target_path(p), reading=True) for p in files]
         total = sum(c.size or 0 for c in cookies)
         callback.set_size(total)
         # Chunks small enough for the write-back queue, and a wait for room before each,
@@ -266,7 +286,7 @@ class NetCacheFileSystem(ChainedFileSystem):
     ) -> bytes:
         tpath = self._target_path(path)
         try:
-            return self._cat(self._cookie(tpath), start, end)
+            return self._cat(self._cookie(tpath, reading=not start), start, end)
         except FileChangedError:  # changed between the version check and the fetch
             return self._cat(self._cookie(tpath, refresh=True), start, end)
 

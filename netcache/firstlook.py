@@ -1,0 +1,77 @@
+"""First look: a remote file's version, size and first bytes from one request.
+
+Opening a file needs its size and version before the first read. fsspec asks HTTP for
+them with a HEAD, and the first read then sends a GET: two round trips for a small file.
+The headers of a ranged GET carry the same facts (``Content-Range`` says the size,
+``ETag`` and ``Last-Modified`` the version), so a cold open over HTTP asks once for the
+file's first bytes instead and the first read is served from them.
+
+Anything unusual (a status other than 200 or 206, an encoded body, no size in the
+headers, a short body) answers None, and the caller asks ``info()`` as before: errors
+keep the form fsspec gives them, at the cost of a second request on the error path only.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from fsspec import AbstractFileSystem
+from fsspec.asyn import sync
+from fsspec.implementations.http import HTTPFileSystem
+
+#: Bytes a first look asks for: whole small files, and the first read of most others
+#: (bytes that a file's first read does not use are the price of the saved round trip).
+FIRST_LOOK_BYTES = 1 << 20
+
+_CONTENT_RANGE = re.compile(r"bytes 0-(\d+)/(\d+)")
+
+
+def first_look(
+    target: AbstractFileSystem, path: str, nbytes: int
+) -> tuple[dict[str, Any], bytes] | None:
+    """``(info, first bytes)`` of ``path`` (at most ``nbytes``, all of a smaller file),
+    or None where the target offers no such request or the answer is not plain."""
+    if not isinstance(target, HTTPFileSystem) or nbytes <= 0:
+        return None
+    try:
+        return sync(target.loop, _http_first_look, target, path, nbytes)  # type: ignore[no-any-return]
+    except Exception:  # the caller's info() raises the error in fsspec's own form
+        return None
+
+
+async def _http_first_look(
+    target: HTTPFileSystem, path: str, nbytes: int
+) -> tuple[dict[str, Any], bytes] | None:
+    session = await target.set_session()
+    kwargs = dict(target.kwargs)
+    headers = dict(kwargs.pop("headers", None) or {})
+    headers["Range"] = f"bytes=0-{nbytes - 1}"
+    headers["Accept-Encoding"] = "identity"  # as fsspec's HEAD: the size of the bytes
+    async with session.get(target.encode_url(path), headers=headers, **kwargs) as r:
+        if r.headers.get("Content-Encoding", "identity") not in ("identity", ""):
+            return None
+        if r.status == 206:
+            match = _CONTENT_RANGE.fullmatch(r.headers.get("Content-Range", ""))
+            if match is None:
+                return None
+            size, want = int(match[2]), min(int(match[1]) + 1, nbytes)
+        elif r.status == 200 and "Content-Length" in r.headers:  # ranges ignored
+            size = int(r.headers["Content-Length"])
+            want = min(size, nbytes)
+        else:
+            return None
+        # readexactly stops at ``want``: the rest of an unranged answer is never read
+        # (leaving the block closes the connection instead of draining it)
+        body = await r.content.readexactly(want) if want else b""
+        info: dict[str, Any] = {"name": path, "size": size, "type": "file", "url": str(r.url)}
+        if "Content-Type" in r.headers:
+            info["mimetype"] = r.headers["Content-Type"].partition(";")[0]
+        if r.headers.get("Accept-Ranges") == "none":
+            info["partial"] = False
+        # the fields fsspec's info() takes from a HEAD that name the whole file's version
+        # (a range's Content-MD5 or Digest would name the range's bytes only)
+        for field in ("ETag", "Last-Modified"):
+            if r.headers.get(field):
+                info[field] = r.headers[field]
+        return info, body

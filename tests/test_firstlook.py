@@ -1,0 +1,124 @@
+"""First look: a cold open over HTTP learns the version and size from one ranged GET, and
+its first bytes come with them."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from conftest import BS, MiB, http_fs, payload
+
+from netcache.errors import FileChangedError
+from netcache.firstlook import FIRST_LOOK_BYTES
+from netcache.httpserver import RangeServer
+
+
+@pytest.fixture
+def srv() -> RangeServer:  # type: ignore[misc]
+    files = {"small.bin": payload(300_000, 1), "big.bin": payload(3 * MiB + 777, 2)}
+    with RangeServer(files) as server:
+        yield server
+
+
+def test_small_file_is_one_get_and_then_cached(srv: RangeServer) -> None:
+    fs = http_fs(False, skip_instance_cache=True)
+    data = srv._files["/small.bin"].data
+    with fs.open(f"{srv.url}/small.bin") as f:
+        assert f.size == len(data)
+        assert f.read() == data
+    assert (srv.gets, srv.heads) == (1, 0)  # plain fsspec sends a HEAD, then a GET
+    assert fs.cat_file(f"{srv.url}/small.bin") == data
+    assert (srv.gets, srv.heads) == (1, 0)
+    assert fs.stats().retrievals.req == 1
+
+
+def test_big_file_first_read_comes_with_the_open(srv: RangeServer) -> None:
+    fs = http_fs(False, readahead=False, skip_instance_cache=True)
+    data = srv._files["/big.bin"].data
+    with fs.open(f"{srv.url}/big.bin") as f:
+        assert f.size == len(data)
+        assert f.read(FIRST_LOOK_BYTES) == data[:FIRST_LOOK_BYTES]
+        assert (srv.gets, srv.heads, srv.bytes_sent) == (1, 0, FIRST_LOOK_BYTES)
+        f.seek(len(data) - 100)
+        assert f.read() == data[-100:]  # beyond the first look: one more request
+    assert (srv.gets, srv.heads) == (2, 0)
+    assert fs.cat_file(f"{srv.url}/big.bin") == data
+
+
+def test_info_and_reads_from_elsewhere_do_not_fetch_first_bytes(srv: RangeServer) -> None:
+    fs = http_fs(False, readahead=False, skip_instance_cache=True)
+    url = f"{srv.url}/big.bin"
+    data = srv._files["/big.bin"].data
+    assert fs.info(url)["size"] == len(data)
+    assert (srv.gets, srv.heads, srv.bytes_sent) == (0, 1, 0)
+    small = srv._files["/small.bin"].data
+    assert fs.cat_file(f"{srv.url}/small.bin", BS + 1, BS + 9) == small[BS + 1 : BS + 9]
+    assert (srv.gets, srv.heads, srv.bytes_sent) == (1, 2, BS)  # a HEAD, then one page
+
+
+def test_a_later_check_finds_the_same_version(srv: RangeServer) -> None:
+    # the version from a GET's headers must equal the one from a HEAD, or every recheck
+    # would drop the file's pages
+    fs = http_fs(False, check_interval=0.05, readahead=False, skip_instance_cache=True)
+    url = f"{srv.url}/small.bin"
+    data = srv._files["/small.bin"].data
+    assert fs.cat_file(url) == data
+    time.sleep(0.1)
+    assert fs.cat_file(url) == data
+    assert (srv.gets, srv.heads) == (1, 1)  # the recheck is a HEAD; no page fetched again
+    srv.put("small.bin", payload(300_000, 9))
+    time.sleep(0.1)
+    assert fs.cat_file(url) == srv._files["/small.bin"].data
+
+
+def test_pages_after_the_first_look_are_pinned_to_its_version(srv: RangeServer) -> None:
+    fs = http_fs(False, readahead=False, skip_instance_cache=True)
+    url = f"{srv.url}/big.bin"
+    data = srv._files["/big.bin"].data
+    with fs.open(url) as f:
+        assert f.read(10) == data[:10]
+        srv.put("big.bin", payload(len(data), 3))  # same size, other bytes, new ETag
+        f.seek(2 * MiB)
+        with pytest.raises(FileChangedError):
+            f.read(10)
+
+
+@pytest.mark.parametrize("quirk", ["ignore_ranges", "hide_size", "both"])
+def test_servers_that_answer_otherwise_still_read_right(srv: RangeServer, quirk: str) -> None:
+    srv.ignore_ranges = quirk in ("ignore_ranges", "both")
+    srv.hide_size = quirk in ("hide_size", "both")
+    fs = http_fs(False, readahead=False, skip_instance_cache=True)
+    data = srv._files["/big.bin"].data
+    with fs.open(f"{srv.url}/big.bin") as f:
+        assert f.size == len(data)
+        assert f.read(100) == data[:100]
+        f.seek(len(data) - 5000)
+        assert f.read() == data[-5000:]
+    assert fs.cat_file(f"{srv.url}/big.bin") == data
+    if quirk == "hide_size":  # a range answer still states the size: one GET opened it
+        assert srv.heads == 0
+    if quirk == "both":  # no size anywhere: info() was asked, then the whole file read
+        assert srv.heads >= 1
+
+
+def test_a_failed_first_look_falls_back_to_info(srv: RangeServer) -> None:
+    fs = http_fs(False, skip_instance_cache=True)
+    data = srv._files["/small.bin"].data
+    srv.fail_next(1, 503)
+    with fs.open(f"{srv.url}/small.bin") as f:
+        assert f.read() == data
+    assert srv.heads == 1
+    with pytest.raises(FileNotFoundError):
+        fs.open(f"{srv.url}/missing.bin")
+
+
+def test_other_targets_open_as_before(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import netcache
+
+    path = tmp_path / "f.bin"
+    path.write_bytes(payload(5000, 4))
+    fs = netcache.NetCacheFileSystem(target_protocol="file", cache_dir=False, block_size=BS,
+                                     skip_instance_cache=True)  # fmt: skip
+    with fs.open(str(path)) as f:
+        assert f.read() == path.read_bytes()
+    assert fs.stats().retrievals.req == 1  # the first read's own fetch
