@@ -45,7 +45,9 @@ class RangeServer:
     asked. Faults: ``fail_next(n, status | "reset" | "stall")``, ``latency`` seconds per
     request,
     ``ignore_ranges`` (answer 200 with the whole file), ``hide_size`` (no
-    Content-Length in HEAD), ``short_by`` (send that many bytes fewer than the range).
+    Content-Length in HEAD), ``short_by`` (send that many bytes fewer than the range),
+    ``range_limit`` (answer at most that many bytes of a range, saying so in
+    Content-Range, as some servers do).
     """
 
     def __init__(
@@ -60,6 +62,7 @@ class RangeServer:
         self.ignore_ranges = False
         self.hide_size = False
         self.short_by = 0
+        self.range_limit: int | None = None
         self.stall_seconds = 5.0
         self._stopped = False
         self._failures: list[int | str] = []
@@ -208,6 +211,8 @@ def _handler(server: RangeServer) -> type[BaseHTTPRequestHandler]:
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return None
+                if server.range_limit is not None:
+                    end = min(end, start + server.range_limit)
                 self.send_response(206)
                 self.send_header("Content-Range", f"bytes {start}-{end - 1}/{len(data)}")
             else:

@@ -122,3 +122,17 @@ def test_other_targets_open_as_before(tmp_path) -> None:  # type: ignore[no-unty
     with fs.open(str(path)) as f:
         assert f.read() == path.read_bytes()
     assert fs.stats().retrievals.req == 1  # the first read's own fetch
+
+
+def test_a_shorter_range_answer_keeps_only_whole_pages(srv: RangeServer) -> None:
+    srv.range_limit = BS + 5000  # the server answers a page and a bit of the first look
+    fs = http_fs(False, readahead=False, skip_instance_cache=True)
+    data = srv._files["/big.bin"].data
+    with fs.open(f"{srv.url}/big.bin") as f:
+        assert f.size == len(data)
+        cache = fs.context.page_cache
+        assert cache.lookup_resident(f.cookie.file_id, f.cookie.version, 0, 0) is not None
+        assert cache.lookup_resident(f.cookie.file_id, f.cookie.version, 1, 1) is None
+        assert fs.stats().pages.n == 1  # the part of page 1 that came was not kept
+        assert f.read(BS) == data[:BS]
+    assert (srv.gets, srv.heads) == (1, 0)
