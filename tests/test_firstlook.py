@@ -136,3 +136,11 @@ def test_a_shorter_range_answer_keeps_only_whole_pages(srv: RangeServer) -> None
         assert fs.stats().pages.n == 1  # the part of page 1 that came was not kept
         assert f.read(BS) == data[:BS]
     assert (srv.gets, srv.heads) == (1, 0)
+
+
+def test_an_empty_file_opens_and_reads_empty(srv: RangeServer) -> None:
+    srv.put("empty.bin", b"")
+    fs = http_fs(False, skip_instance_cache=True)
+    with fs.open(f"{srv.url}/empty.bin") as f:
+        assert f.size == 0 and f.read() == b""
+    assert fs.cat_file(f"{srv.url}/empty.bin") == b""
