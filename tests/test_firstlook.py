@@ -144,3 +144,29 @@ def test_an_empty_file_opens_and_reads_empty(srv: RangeServer) -> None:
     with fs.open(f"{srv.url}/empty.bin") as f:
         assert f.size == 0 and f.read() == b""
     assert fs.cat_file(f"{srv.url}/empty.bin") == b""
+
+
+def test_threads_opening_one_cold_file_at_once_all_read_it_right(srv: RangeServer) -> None:
+    import threading
+
+    fs = http_fs(False, skip_instance_cache=True)
+    url = f"{srv.url}/big.bin"
+    data = srv._files["/big.bin"].data
+    barrier = threading.Barrier(8)
+    got: list[bytes] = []
+
+    def reader() -> None:
+        barrier.wait(10)
+        with fs.open(url) as f:
+            got.append(f.read())
+
+    threads = [threading.Thread(target=reader) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(got) == 8 and all(g == data for g in got)
+    assert srv.heads == 0
+    # each thread may have looked first; every page was admitted once and reads right
+    assert fs.stats().pages.n == len(range(0, len(data), BS))
+    assert fs.cat_file(url) == data
