@@ -7,6 +7,7 @@ import os
 import stat
 import sys
 import threading
+import time
 
 import fsspec
 import pytest
@@ -325,8 +326,9 @@ def test_opening_a_file_does_not_wait_for_its_metadata_write(server: RangeServer
     try:
         reader.start()
         reader.join(10)
-        # read while its metadata write is held: the write runs on the write-back worker
-        assert got == [server._files["/small.bin"].data] and backend.writing.is_set()
+        # read while its metadata write is held (started by then, or about to be: the
+        # worker may be slower than a one-request read): the write runs on the worker
+        assert got == [server._files["/small.bin"].data] and backend.writing.wait(10)
         fid = fs.context.cookies.file_id(url)
         assert backend.load_meta(fid) is None
     finally:
@@ -850,6 +852,42 @@ def test_pages_another_process_stores_in_a_folder_this_one_made_are_found(
     assert mine.load_page(keys[1]) is None  # not looked for until the index is rebuilt
     mine._rescan()
     assert bytes(mine.load_page(keys[1])) == payload(BS, 2)  # type: ignore[arg-type]
+
+
+def test_a_folder_is_known_as_ours_before_another_worker_fills_it(
+    cache_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from netcache.backends import DirectoryBackend, directory
+
+    backend = DirectoryBackend(cache_dir, BS, 64 * MiB)
+    keys = [netcache.page.PageKey("ab" * 16, "cd" * 16, i) for i in range(3)]
+    made = directory._makedirs_private
+    in_mkdir = threading.Event()
+
+    def slow_makedirs(folder: str) -> bool:
+        created = made(folder)
+        if created and folder.endswith(keys[0].file_id):
+            in_mkdir.set()
+            time.sleep(0.3)  # the worker that made it is held up (a GIL switch, a page fault)
+        return created
+
+    monkeypatch.setattr(directory, "_makedirs_private", slow_makedirs)
+    meta = threading.Thread(target=backend.store_meta, args=(keys[0].file_id, {"v": 1}))
+    meta.start()
+    assert in_mkdir.wait(10)
+    backend.store_pages([(keys[0], payload(BS, 1))])  # a second worker, pages of that file
+    looked: list[int] = []
+    read_slots = backend._read_slots
+
+    def recording(fd: int, wanted: list[tuple[int, netcache.page.PageKey]], whole: bool) -> object:
+        looked.extend(key.index for _, key in wanted)
+        return read_slots(fd, wanted, whole)
+
+    backend._read_slots = recording  # type: ignore[method-assign]
+    # pages this process never stored in a folder it made are a miss without a look
+    assert backend.load_pages(keys[1:]) == {} and looked == []
+    meta.join(10)
+    assert bytes(backend.load_page(keys[0])) == payload(BS, 1)  # type: ignore[arg-type]
 
 
 def test_a_slot_is_written_once(cache_dir: str) -> None:
