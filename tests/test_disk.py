@@ -8,6 +8,7 @@ import stat
 import sys
 import threading
 import time
+from typing import Any
 
 import fsspec
 import pytest
@@ -812,6 +813,19 @@ def test_writeback_workers_yield_the_cpu_to_readers(server: RangeServer, cache_d
     assert fs.flush(30) and fs.disk_usage().pages == len(range(0, 3 * MiB + 12345, BS))
 
 
+def record_disk_looks(backend: Any) -> list[int]:
+    """The page indices ``backend`` looks for in its segment files, from now on."""
+    looked: list[int] = []
+    read_slots = backend._read_slots
+
+    def recording(fd: int, wanted: list[tuple[int, netcache.page.PageKey]], whole: bool) -> object:
+        looked.extend(key.index for _, key in wanted)
+        return read_slots(fd, wanted, whole)
+
+    backend._read_slots = recording
+    return looked
+
+
 def test_a_cold_read_of_a_new_file_does_not_look_for_its_pages_on_disk(
     server: RangeServer, cache_dir: str
 ) -> None:
@@ -819,15 +833,7 @@ def test_a_cold_read_of_a_new_file_does_not_look_for_its_pages_on_disk(
     data = server._files["/big.bin"].data
     pages = len(range(0, len(data), BS))
     fs = http_fs(cache_dir, check_interval=None, readahead=False)
-    backend = fs.context.backend
-    opened: list[int] = []
-    read_slots = backend._read_slots
-
-    def recording(fd: int, wanted: list[tuple[int, netcache.page.PageKey]], whole: bool) -> object:
-        opened.extend(key.index for _, key in wanted)
-        return read_slots(fd, wanted, whole)
-
-    backend._read_slots = recording  # type: ignore[method-assign]
+    opened = record_disk_looks(fs.context.backend)
     assert fs.cat_file(url) == data and fs.flush(30)
     assert opened == []  # its folder is new: no page file can be there but ours
     assert fs.reclaim(len(data)) >= len(data)  # every page stored: all released
@@ -876,14 +882,7 @@ def test_a_folder_is_known_as_ours_before_another_worker_fills_it(
     meta.start()
     assert in_mkdir.wait(10)
     backend.store_pages([(keys[0], payload(BS, 1))])  # a second worker, pages of that file
-    looked: list[int] = []
-    read_slots = backend._read_slots
-
-    def recording(fd: int, wanted: list[tuple[int, netcache.page.PageKey]], whole: bool) -> object:
-        looked.extend(key.index for _, key in wanted)
-        return read_slots(fd, wanted, whole)
-
-    backend._read_slots = recording  # type: ignore[method-assign]
+    looked = record_disk_looks(backend)
     # pages this process never stored in a folder it made are a miss without a look
     assert backend.load_pages(keys[1:]) == {} and looked == []
     meta.join(10)
