@@ -14,11 +14,14 @@ keep the form fsspec gives them, at the cost of a second request on the error pa
 from __future__ import annotations
 
 import re
-from typing import Any
+import sys
+from typing import TYPE_CHECKING, Any
 
 from fsspec import AbstractFileSystem
 from fsspec.asyn import sync
-from fsspec.implementations.http import HTTPFileSystem
+
+if TYPE_CHECKING:
+    from fsspec.implementations.http import HTTPFileSystem
 
 #: Bytes a first look asks for: whole small files, and the first read of most others
 #: (bytes that a file's first read does not use are the price of the saved round trip).
@@ -32,7 +35,10 @@ def first_look(
 ) -> tuple[dict[str, Any], bytes] | None:
     """``(info, first bytes)`` of ``path`` (at most ``nbytes``, all of a smaller file),
     or None where the target offers no such request or the answer is not plain."""
-    if not isinstance(target, HTTPFileSystem) or nbytes <= 0:
+    # fsspec's HTTP module (and aiohttp) is loaded by an HTTP target already, and not
+    # loaded here for others: importing netcache stays free of it
+    http = sys.modules.get("fsspec.implementations.http")
+    if http is None or not isinstance(target, http.HTTPFileSystem) or nbytes <= 0:
         return None
     try:
         return sync(target.loop, _http_first_look, target, path, nbytes)  # type: ignore[no-any-return]

@@ -170,3 +170,12 @@ def test_threads_opening_one_cold_file_at_once_all_read_it_right(srv: RangeServe
     # each thread may have looked first; every page was admitted once and reads right
     assert fs.stats().pages.n == len(range(0, len(data), BS))
     assert fs.cat_file(url) == data
+
+
+def test_importing_netcache_does_not_load_the_http_client() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, netcache; print('aiohttp' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr
