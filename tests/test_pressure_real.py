@@ -26,7 +26,10 @@ def test_psutil_monitor_brings_rss_back_under_target(tmp_path) -> None:  # type:
     with open(source, "wb") as f:
         for i in range(160):
             f.write(random.Random(i).randbytes(MiB))
-    monitor = MemoryPressureMonitor(1 << 40, interval=0.05, autostart=False)
+    # thresholds close together: the window between "the ballast crosses moderate" and
+    # "dropping the pages gets under target" then stays open for a process of any size
+    monitor = MemoryPressureMonitor(1 << 40, moderate=0.9, high=0.95, critical=0.98,
+                                    target=0.85, interval=0.05, autostart=False)  # fmt: skip
     fs = netcache.NetCacheFileSystem(fs=fsspec.filesystem("file"), cache_dir=False,
                                      block_size=256 * 1024, memory_limit="1GiB",
                                      memory_monitor=monitor)  # fmt: skip
@@ -36,9 +39,11 @@ def test_psutil_monitor_brings_rss_back_under_target(tmp_path) -> None:  # type:
     assert fs.stats().pages.bytes == 160 * MiB
     process = psutil.Process()
     filled = process.memory_info().rss
-    # above what we use now, so that the ballast crosses the moderate threshold (0.8) and
-    # the target (0.7) is reachable by dropping the pages, whatever else this process holds
-    monitor.limit = int((filled + 80 * MiB) / 0.85)
+    # the target sits 24 MiB above what dropping every page leaves (the pages gone, the
+    # ballast in), whatever else this process holds (a whole test run: ~1 GiB); the
+    # ballast then crosses the moderate threshold, for any process under ~2 GiB
+    monitor.limit = int((filled - 160 * MiB + 80 * MiB + 24 * MiB) / monitor.target)
+    assert filled + 80 * MiB > monitor.moderate * monitor.limit, (filled, monitor.limit)
     monitor.start()
     try:
         ballast = b"\x01" * (80 * MiB)  # written, so resident
