@@ -206,9 +206,10 @@ class PageFetcher:
         return cookie
 
     def offer_blob(self, cookie: FileCookie, start: int, blob: bytes) -> None:
-        """Admit the pages of ``blob`` (bytes from ``start``, a page boundary, that the
-        remote sent for ``cookie`` unasked) that it holds whole, or up to the end of the
-        file; the pages already resident or being fetched are left as they are."""
+        """Admit the pages of ``blob`` (bytes of ``cookie`` from ``start``, a page
+        boundary, that no reader claimed: a whole-file answer, a first look) that it
+        holds whole, or up to the end of the file; the pages already resident or being
+        fetched are left as they are. Counted as one request."""
         assert cookie.size is not None and start % self.block_size == 0
         self._counters.add_many({"retrievals.req": 1, "retrievals.rbytes": len(blob)})
         end = start + len(blob)
