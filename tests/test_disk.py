@@ -8,6 +8,7 @@ import stat
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import fsspec
@@ -16,7 +17,7 @@ import zict
 from conftest import BS, GatedBackend, MiB, http_fs, payload
 
 import netcache
-from netcache.backends import MappingBackend
+from netcache.backends import MappingBackend, directory
 from netcache.backends.base import HEADER_SIZE as HEADER
 from netcache.backends.directory import LAYOUT, parse_segment_name, stored_slots, table_size
 from netcache.firstlook import FIRST_LOOK_BYTES
@@ -491,7 +492,6 @@ def test_deferred_stores_of_an_invalidated_file_are_dropped() -> None:
 def test_a_folder_that_cannot_be_mapped_is_read_by_copy(
     server: RangeServer, cache_dir: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from netcache.backends import directory
 
     fs, url, data = _all_on_disk(server, cache_dir)
 
@@ -511,16 +511,15 @@ def test_readahead_tells_the_disk_which_pages_come_next(
 ) -> None:
     fs, url, data, half = _first_half_on_disk(server, cache_dir)
     advised: list[tuple[str, int, int]] = []
-    fadvise = os.posix_fadvise
+    read_through = directory._read_through
     hinters: set[str] = set()
 
-    def recording(fd: int, offset: int, length: int, advice: int) -> None:
-        if advice == os.POSIX_FADV_WILLNEED:
-            advised.append((os.readlink(f"/proc/self/fd/{fd}"), offset, length))
-            hinters.add(threading.current_thread().name)
-        fadvise(fd, offset, length, advice)
+    def recording(fd: int, offset: int, length: int) -> None:
+        advised.append((os.readlink(f"/proc/self/fd/{fd}"), offset, length))
+        hinters.add(threading.current_thread().name)
+        read_through(fd, offset, length)
 
-    monkeypatch.setattr(os, "posix_fadvise", recording)
+    monkeypatch.setattr(directory, "_read_through", recording)
     with fs.open(url) as f:
         got = b"".join(iter(lambda: f.read(100_000), b""))
     assert got == data
@@ -528,7 +527,7 @@ def test_readahead_tells_the_disk_which_pages_come_next(
     assert fetcher._pool is not None
     fetcher._pool.shutdown(wait=True)  # the last hints may still be on their way
     fetcher._pool = None  # made anew if this cache reads ahead again
-    # hints are given on read-ahead threads: the reader does not wait for the kernel
+    # hints are given on read-ahead threads: the reader does not wait for their reads
     assert hinters and all(name.startswith("netcache-readahead") for name in hinters)
     where = {(path, offset): index for index, (path, _, offset) in stored_pages(cache_dir).items()}
     hinted = set()
@@ -562,7 +561,7 @@ def test_a_warm_sequential_read_asks_the_disk_tier_nothing(
 def test_adjacent_pages_load_in_one_mapping_and_damage_spoils_only_its_page(
     cache_dir: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from netcache.backends import DirectoryBackend, directory
+    from netcache.backends import DirectoryBackend
 
     backend = DirectoryBackend(cache_dir, BS, 64 * MiB)
     keys = [netcache.page.PageKey("ab" * 16, "cd" * 16, i) for i in range(10)]
@@ -721,7 +720,7 @@ def test_a_hint_from_a_segment_s_first_page_covers_its_header_table(
         backend.store_page(key, payload(BS, key.index))
     advised: list[tuple[str, int, int]] = []
     monkeypatch.setattr(
-        os, "posix_fadvise", lambda fd, offset, length, advice: advised.append(
+        directory, "_read_through", lambda fd, offset, length: advised.append(
             (os.path.basename(os.readlink(f"/proc/self/fd/{fd}")), offset, length))
     )  # fmt: skip
     backend.will_need(keys[2 : per + 2])  # the end of one segment, the start of the next
@@ -729,6 +728,33 @@ def test_a_hint_from_a_segment_s_first_page_covers_its_header_table(
     # a reader entering the second segment reads its table first: the hint starts there
     assert sorted(advised) == [(names[0], table + 2 * BS, (per - 2) * BS),
                                (names[1], 0, table + 2 * BS)]  # fmt: skip
+
+
+def test_a_hint_reads_its_span_through_the_page_cache_and_stops_at_the_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "segment"
+    path.write_bytes(bytes(3 * MiB + 5))
+    reads: list[tuple[int, int, int]] = []
+    preadv = os.preadv
+
+    def recording(fd: int, buffers: list[memoryview], offset: int) -> int:
+        n = preadv(fd, buffers, offset)
+        reads.append((offset, sum(len(b) for b in buffers), n))
+        return n
+
+    monkeypatch.setattr(os, "preadv", recording)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        directory._read_through(fd, 4096, 2 * MiB + 100)
+        spans = [(offset, asked) for offset, asked, _ in reads]
+        # the whole span, in order, a buffer at a time (never more than asked for)
+        assert spans == [(4096, MiB), (4096 + MiB, MiB), (4096 + 2 * MiB, 100)]
+        reads.clear()
+        directory._read_through(fd, 3 * MiB, 4 * MiB)  # past the end: stops there
+        assert [(offset, got) for offset, _, got in reads] == [(3 * MiB, 5), (3 * MiB + 5, 0)]
+    finally:
+        os.close(fd)
 
 
 def test_will_need_of_absent_pages_is_harmless(cache_dir: str) -> None:
@@ -863,7 +889,7 @@ def test_pages_another_process_stores_in_a_folder_this_one_made_are_found(
 def test_a_folder_is_known_as_ours_before_another_worker_fills_it(
     cache_dir: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from netcache.backends import DirectoryBackend, directory
+    from netcache.backends import DirectoryBackend
 
     backend = DirectoryBackend(cache_dir, BS, 64 * MiB)
     keys = [netcache.page.PageKey("ab" * 16, "cd" * 16, i) for i in range(3)]

@@ -136,9 +136,10 @@ class Backend(ABC):
         return False
 
     def will_need(self, keys: Sequence[PageKey]) -> None:  # noqa: B027 - optional hook
-        """A hint that these pages will be loaded soon: start reading them from the device
-        without waiting, so that loads in a row overlap their I/O. Never raises; the
-        default does nothing."""
+        """A hint that these pages will be loaded soon: read them from the device into the
+        OS page cache, so that loads in a row overlap their I/O. It may wait for those
+        reads (callers give it on a thread of their own). Never raises; the default does
+        nothing."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources; the default holds none."""
