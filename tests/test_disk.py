@@ -492,7 +492,6 @@ def test_deferred_stores_of_an_invalidated_file_are_dropped() -> None:
 def test_a_folder_that_cannot_be_mapped_is_read_by_copy(
     server: RangeServer, cache_dir: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-
     fs, url, data = _all_on_disk(server, cache_dir)
 
     def refuse(fd: int, offset: int, length: int) -> object:
