@@ -18,6 +18,7 @@ from netcache.cookie import FileCookie, strong_etag, version_token
 from netcache.errors import FileChangedError, ReadaheadFailed, ShortReadError
 from netcache.page import Page, PageKey, StoreState, page_keys
 from netcache.pagecache import PageCache
+from netcache.s3 import get_ranges, is_s3
 from netcache.stats import Counters
 from netcache.warnonce import WarnOnce
 from netcache.writeback import WritebackQueue
@@ -46,9 +47,9 @@ class PageFetcher:
     nothing; a disk error is a miss, counted and logged once.
 
     The remote read is pinned to the cookie's version: HTTP targets send ``If-Match``
-    with the ETag (a changed file answers 412, raised as :class:`FileChangedError`);
-    others have their version checked again after the fetch, unless the caller says
-    files never change (``verify=False``).
+    with the ETag, S3 ones (s3fs) ``IfMatch`` (a changed file answers 412, raised as
+    :class:`FileChangedError`); others have their version checked again after the
+    fetch, unless the caller says files never change (``verify=False``).
 
     Thread-safe with no lock of its own: the page cache's claims make each page's fetch
     single-flight, and a caller first does its own fetches, then waits for others', so no
@@ -335,8 +336,15 @@ class PageFetcher:
         verify: bool,
     ) -> list[bytes]:
         pin = self._pin(target, cookie)
+        etag = strong_etag(cookie.info)
+        s3_pinned = etag is not None and is_s3(target)
         try:
-            if len(starts) == 1:
+            if s3_pinned:  # GetObject with IfMatch: no HEAD after it
+                answers = get_ranges(
+                    target, cookie.path, list(zip(starts, ends, strict=True)), etag
+                )
+                blobs = [blob for _, blob in answers]
+            elif len(starts) == 1:
                 blobs = [target.cat_file(cookie.path, start=starts[0], end=ends[0], **pin)]
             else:
                 blobs = target.cat_ranges(
@@ -353,7 +361,7 @@ class PageFetcher:
         self._counters.add_many(
             {"retrievals.req": len(starts), "retrievals.rbytes": sum(map(len, blobs))}
         )
-        if not pin and verify:
+        if not (pin or s3_pinned) and verify:
             self._check_version(target, cookie)
         return blobs
 

@@ -1,10 +1,11 @@
 """First look: a remote file's version, size and first bytes from one request.
 
-Opening a file needs its size and version before the first read. fsspec asks HTTP for
-them with a HEAD, and the first read then sends a GET: two round trips for a small file.
-The headers of a ranged GET carry the same facts (``Content-Range`` says the size,
-``ETag`` and ``Last-Modified`` the version), so a cold open over HTTP asks once for the
-file's first bytes instead and the first read is served from them.
+Opening a file needs its size and version before the first read. fsspec asks HTTP and
+S3 for them with a HEAD, and the first read then sends a GET: two round trips for a
+small file. The headers of a ranged GET carry the same facts (``Content-Range`` says the
+size, ``ETag`` and ``Last-Modified``, or S3's ``VersionId``, the version), so a cold open
+over HTTP or S3 asks once for the file's first bytes instead and the first read is
+served from them.
 
 Anything unusual (a status other than 200 or 206, an encoded body, no size in the
 headers, a short body) answers None, and the caller asks ``info()`` as before: errors
@@ -19,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from fsspec import AbstractFileSystem
 from fsspec.asyn import sync
+
+from netcache.s3 import get_ranges, is_s3
 
 if TYPE_CHECKING:
     from fsspec.implementations.http import HTTPFileSystem
@@ -35,15 +38,41 @@ def first_look(
 ) -> tuple[dict[str, Any], bytes] | None:
     """``(info, first bytes)`` of ``path`` (at most ``nbytes``, all of a smaller file),
     or None where the target offers no such request or the answer is not plain."""
+    if nbytes <= 0:
+        return None
     # fsspec's HTTP module (and aiohttp) is loaded by an HTTP target already, and not
     # loaded here for others: importing netcache stays free of it
     http = sys.modules.get("fsspec.implementations.http")
-    if http is None or not isinstance(target, http.HTTPFileSystem) or nbytes <= 0:
-        return None
     try:
-        return sync(target.loop, _http_first_look, target, path, nbytes)  # type: ignore[no-any-return]
+        if http is not None and isinstance(target, http.HTTPFileSystem):
+            return sync(target.loop, _http_first_look, target, path, nbytes)  # type: ignore[no-any-return]
+        if is_s3(target):
+            return _s3_first_look(target, path, nbytes)
     except Exception:  # the caller's info() raises the error in fsspec's own form
         return None
+    return None
+
+
+def _s3_first_look(target: Any, path: str, nbytes: int) -> tuple[dict[str, Any], bytes] | None:
+    """A GetObject of the first bytes: its answer says what s3fs's HEAD-based ``info()``
+    does (an empty object answers a range with an error: ``info()`` then)."""
+    answer, body = get_ranges(target, path, [(0, nbytes)])[0]
+    match = _CONTENT_RANGE.fullmatch(answer.get("ContentRange") or "")
+    if match is None or len(body) != min(int(match[1]) + 1, nbytes):
+        return None
+    bucket, key, _ = target.split_path(path)
+    # the fields s3fs's info() takes from a HEAD, so that a recheck finds this version
+    info = {
+        "ETag": answer.get("ETag", ""),
+        "LastModified": answer.get("LastModified", ""),
+        "size": int(match[2]),
+        "name": f"{bucket}/{key}",
+        "type": "file",
+        "StorageClass": answer.get("StorageClass", "STANDARD"),
+        "VersionId": answer.get("VersionId"),
+        "ContentType": answer.get("ContentType"),
+    }
+    return info, body
 
 
 async def _http_first_look(

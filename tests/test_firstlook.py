@@ -172,10 +172,12 @@ def test_threads_opening_one_cold_file_at_once_all_read_it_right(srv: RangeServe
     assert fs.cat_file(url) == data
 
 
-def test_importing_netcache_does_not_load_the_http_client() -> None:
+def test_importing_netcache_does_not_load_the_http_or_s3_clients() -> None:
     import subprocess
     import sys
 
-    code = "import sys, netcache; print('aiohttp' in sys.modules)"
+    code = (
+        "import sys, netcache; print([m in sys.modules for m in ('aiohttp', 's3fs', 'botocore')])"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr
+    assert out.returncode == 0 and out.stdout.strip() == "[False, False, False]", out.stderr

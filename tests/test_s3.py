@@ -11,6 +11,7 @@ import pytest
 from conftest import BS, payload
 
 import netcache
+from netcache.firstlook import FIRST_LOOK_BYTES
 
 s3fs = pytest.importorskip("s3fs")
 moto_server = pytest.importorskip("moto.server")
@@ -113,7 +114,8 @@ def test_s3_goes_away_and_comes_back(tmp_path) -> None:  # type: ignore[no-untyp
             "client_kwargs": {"region_name": "eu-west-1"},
             "config_kwargs": {"connect_timeout": 1, "read_timeout": 2,
                               "retries": {"max_attempts": 1}}}  # fmt: skip
-    data = payload(6 * BS, 9)
+    first = FIRST_LOOK_BYTES  # the first read of the file fetches that much
+    data = payload(first + 6 * BS, 9)
     target = s3fs.S3FileSystem(skip_instance_cache=True, **opts)
     target.mkdir("away")
     target.pipe_file("away/f.bin", data)
@@ -125,9 +127,9 @@ def test_s3_goes_away_and_comes_back(tmp_path) -> None:  # type: ignore[no-untyp
         server.stop()
         assert fs.cat_file("away/f.bin", 0, 2 * BS) == data[: 2 * BS]  # cached
         with pytest.raises(Exception) as info:
-            fs.cat_file("away/f.bin", 4 * BS, 5 * BS)
+            fs.cat_file("away/f.bin", first + 4 * BS, first + 5 * BS)
         assert not isinstance(info.value, AssertionError)
-        assert fs.stats().pages.n == 2 and fs.stats().retrievals.err >= 1
+        assert fs.stats().pages.n == first // BS and fs.stats().retrievals.err >= 1
         server = moto_server.ThreadedMotoServer(ip_address=host, port=port, verbose=False)
         server.start()  # moto keeps its buckets in this process: the same data is back
         assert fs.cat_file("away/f.bin") == data
@@ -146,3 +148,120 @@ def test_endpoints_key_the_cache_and_secrets_do_not() -> None:
     two = make_target("A", "http://two:9000")
     assert target_identity(one_a) == target_identity(one_b)  # same data, other credentials
     assert target_identity(one_a) != target_identity(two)  # another server: never shared
+
+
+# -- one request per open and per fetch (netcache.s3) -------------------------------------
+
+
+@pytest.fixture
+def calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict]]:  # type: ignore[type-arg]
+    """The S3 API calls s3fs makes from now on, with their arguments."""
+    made: list[tuple[str, dict]] = []  # type: ignore[type-arg]
+    call = s3fs.S3FileSystem._call_s3
+
+    async def recording(self, method, *args, **kwargs):  # type: ignore[no-untyped-def]
+        made.append((method, kwargs))
+        return await call(self, method, *args, **kwargs)
+
+    monkeypatch.setattr(s3fs.S3FileSystem, "_call_s3", recording)
+    return made
+
+
+def test_a_small_object_is_one_get_object_and_no_head(s3: dict, tmp_path, calls) -> None:  # type: ignore[type-arg, no-untyped-def]
+    data = payload(3 * BS + 17, 21)
+    path = f"{s3['bucket']}/small.bin"
+    fs = make(s3, str(tmp_path / "c"))
+    fs.fs.pipe_file(path, data)
+    calls.clear()
+    with fs.open(path) as f:
+        assert f.read() == data
+    assert [method for method, _ in calls] == ["get_object"]
+    assert calls[0][1]["Range"] == f"bytes=0-{FIRST_LOOK_BYTES - 1}"
+    assert fs.cat_file(path) == data and len(calls) == 1  # served from pages
+    assert fs.stats().pages.n == 4
+
+
+def test_the_first_look_names_the_version_a_head_names(s3: dict, tmp_path) -> None:  # type: ignore[type-arg, no-untyped-def]
+    from netcache.cookie import version_token
+    from netcache.firstlook import first_look
+
+    target = s3fs.S3FileSystem(**{k: v for k, v in s3.items() if k != "bucket"})
+    for versioned in (False, True):
+        bucket = f"{s3['bucket']}-v" if versioned else s3["bucket"]
+        if versioned:
+            target.mkdir(bucket)
+            target.call_s3("put_bucket_versioning", Bucket=bucket,
+                           VersioningConfiguration={"Status": "Enabled"})  # fmt: skip
+        path = f"{bucket}/obj.bin"
+        data = payload(2 * BS, 22)
+        target.pipe_file(path, data)
+        looked = first_look(target, path, FIRST_LOOK_BYTES)
+        assert looked is not None
+        info, body = looked
+        head = target.info(path, refresh=True)
+        assert body == data and info["size"] == len(data) == head["size"]
+        assert version_token(info) == version_token(head)
+        assert (info["VersionId"] is not None) == versioned
+
+
+def test_a_recheck_finds_the_first_look_s_version(s3: dict, tmp_path, calls) -> None:  # type: ignore[type-arg, no-untyped-def]
+    data = payload(5 * BS, 23)
+    path = f"{s3['bucket']}/recheck.bin"
+    fs = make(s3, str(tmp_path / "c"), check_interval=0)  # every open checks again
+    fs.fs.pipe_file(path, data)
+    assert fs.cat_file(path) == data
+    fs.fs.invalidate_cache()  # s3fs's own listing cache: the check asks S3 itself
+    calls.clear()
+    assert fs.cat_file(path) == data
+    # the same version: checked with a HEAD, and no page fetched again
+    assert [method for method, _ in calls] == ["head_object"]
+
+
+def test_fetches_are_pinned_with_if_match_not_a_head_after(s3: dict, tmp_path, calls) -> None:  # type: ignore[type-arg, no-untyped-def]
+    data = payload(FIRST_LOOK_BYTES + 5 * BS + 3, 24)
+    path = f"{s3['bucket']}/big.bin"
+    fs = make(s3, str(tmp_path / "c"), readahead=False)
+    fs.fs.pipe_file(path, data)
+    etag = fs.fs.info(path)["ETag"]
+    calls.clear()
+    with fs.open(path) as f:
+        f.seek(FIRST_LOOK_BYTES + BS)
+        assert f.read(2 * BS) == data[FIRST_LOOK_BYTES + BS : FIRST_LOOK_BYTES + 3 * BS]
+        ranges = [(0, 10), (FIRST_LOOK_BYTES + 3 * BS + 5, len(data))]
+        assert fs.cat_ranges([path] * 2, [a for a, _ in ranges], [b for _, b in ranges]) == [
+            data[a:b] for a, b in ranges
+        ]
+    methods = [method for method, _ in calls]
+    assert "head_object" not in methods and methods.count("get_object") == 3
+    pinned = [kwargs for method, kwargs in calls[1:]]
+    assert all(kwargs["IfMatch"] == etag for kwargs in pinned)
+    assert pinned[0]["Range"] == f"bytes={FIRST_LOOK_BYTES + BS}-{FIRST_LOOK_BYTES + 3 * BS - 1}"
+
+
+def test_an_object_replaced_while_open_is_never_read_in_part(s3: dict, tmp_path) -> None:  # type: ignore[type-arg, no-untyped-def]
+    old = payload(FIRST_LOOK_BYTES + 4 * BS, 25)
+    new = payload(FIRST_LOOK_BYTES + 4 * BS, 26)
+    path = f"{s3['bucket']}/replaced.bin"
+    fs = make(s3, str(tmp_path / "c"), readahead=False)
+    fs.fs.pipe_file(path, old)
+    with fs.open(path) as f:
+        assert f.read(BS) == old[:BS]
+        fs.fs.pipe_file(path, new)
+        f.seek(FIRST_LOOK_BYTES)
+        with pytest.raises(netcache.FileChangedError):
+            f.read(BS)
+    pages = fs.stats().pages.n
+    assert pages == FIRST_LOOK_BYTES // BS  # the old version's first look only
+    assert fs.stats().retrievals.err >= 1
+
+
+def test_an_empty_object_opens_through_info(s3: dict, tmp_path, calls) -> None:  # type: ignore[type-arg, no-untyped-def]
+    path = f"{s3['bucket']}/empty.bin"
+    fs = make(s3, str(tmp_path / "c"))
+    fs.fs.pipe_file(path, b"")
+    fs.fs.invalidate_cache()
+    calls.clear()
+    with fs.open(path) as f:
+        assert f.read() == b""
+    # S3 answers a range of an empty object with an error: info() is asked then
+    assert [method for method, _ in calls] == ["get_object", "head_object"]

@@ -1,0 +1,90 @@
+"""Ranged GetObject requests to an s3fs target, with the answer's headers.
+
+fsspec's ``cat_file`` returns an S3 object's bytes only, and takes no condition: reading
+a range of one version took a GET and then a HEAD (to see that the version had not
+changed meanwhile), and opening a file a HEAD before the first GET. A GetObject answer
+carries the object's size (``ContentRange``) and version (``ETag``, ``VersionId``), and
+the request takes ``IfMatch``: one request does each.
+
+s3fs is looked up in ``sys.modules``: a target that is an ``S3FileSystem`` has loaded it,
+and importing netcache does not load it (nor botocore) for others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Any
+
+from fsspec import AbstractFileSystem
+from fsspec.asyn import sync
+
+from netcache.errors import FileChangedError
+
+
+def is_s3(target: AbstractFileSystem) -> bool:
+    """Whether ``target`` is s3fs's filesystem (and its requests can be made here)."""
+    core = sys.modules.get("s3fs.core")
+    return core is not None and isinstance(target, core.S3FileSystem)
+
+
+def get_ranges(
+    target: AbstractFileSystem,
+    path: str,
+    ranges: list[tuple[int, int]],
+    if_match: str | None = None,
+) -> list[tuple[dict[str, Any], bytes]]:
+    """``(answer headers, bytes)`` of each ``[start, end)`` of ``path``, requested at
+    once on the target's event loop. With ``if_match``, an object whose ETag is another
+    raises :class:`FileChangedError`; other errors are s3fs's own (a missing object is
+    ``FileNotFoundError``)."""
+    return sync(target.loop, _get_ranges, target, path, ranges, if_match)  # type: ignore[no-any-return]
+
+
+async def _get_ranges(
+    target: Any, path: str, ranges: list[tuple[int, int]], if_match: str | None
+) -> list[tuple[dict[str, Any], bytes]]:
+    bucket, key, version = target.split_path(path)
+    condition: dict[str, str] = {}
+    if version:
+        condition["VersionId"] = version
+    if if_match is not None:
+        condition["IfMatch"] = if_match
+
+    async def one(start: int, end: int) -> tuple[dict[str, Any], bytes]:
+        try:
+            # s3fs's own request path: its retries, options and error translation
+            answer = await target._call_s3(
+                "get_object", Bucket=bucket, Key=key, Range=f"bytes={start}-{end - 1}", **condition
+            )
+        except OSError as exc:
+            if _precondition_failed(exc):
+                raise FileChangedError(f"{path} changed while open") from exc
+            raise
+        body = answer.pop("Body")
+        try:
+            return answer, await body.read()
+        finally:
+            body.close()
+
+    # every request runs to its end (bodies closed) before the first error is raised
+    answers = await asyncio.gather(*(one(start, end) for start, end in ranges),
+                                   return_exceptions=True)  # fmt: skip
+    for answer in answers:
+        if isinstance(answer, BaseException):
+            raise answer
+    return answers  # type: ignore[return-value]
+
+
+def _precondition_failed(exc: BaseException) -> bool:
+    """Whether s3fs's error, or the botocore error under it, is S3's 412."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        response = getattr(seen, "response", None)
+        if isinstance(response, dict):
+            error = response.get("Error") or {}
+            status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+            if error.get("Code") == "PreconditionFailed" or status == 412:
+                return True
+        seen = seen.__cause__
+    return False
