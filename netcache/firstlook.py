@@ -7,9 +7,10 @@ size, ``ETag`` and ``Last-Modified``, or S3's ``VersionId``, the version), so a 
 over HTTP or S3 asks once for the file's first bytes instead and the first read is
 served from them.
 
-Anything unusual (a status other than 200 or 206, an encoded body, no size in the
-headers, a short body) answers None, and the caller asks ``info()`` as before: errors
-keep the form fsspec gives them, at the cost of a second request on the error path only.
+A missing file raises ``FileNotFoundError`` at once, as ``info()`` would. Anything else
+unusual (another status than 200 or 206, an encoded body, no size in the headers, a
+short body) answers None, and the caller asks ``info()`` as before: errors keep the form
+fsspec gives them, at the cost of a second request on that path only.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ def first_look(
     target: AbstractFileSystem, path: str, nbytes: int
 ) -> tuple[dict[str, Any], bytes] | None:
     """``(info, first bytes)`` of ``path`` (at most ``nbytes``, all of a smaller file),
-    or None where the target offers no such request or the answer is not plain."""
+    or None where the target offers no such request or the answer is not plain; raises
+    ``FileNotFoundError`` if there is no such file."""
     if nbytes <= 0:
         return None
     # fsspec's HTTP module (and aiohttp) is loaded by an HTTP target already, and not
@@ -48,6 +50,8 @@ def first_look(
             return sync(target.loop, _http_first_look, target, path, nbytes)  # type: ignore[no-any-return]
         if is_s3(target):
             return _s3_first_look(target, path, nbytes)
+    except FileNotFoundError:  # as info() would say it: asking again costs a request
+        raise
     except Exception:  # the caller's info() raises the error in fsspec's own form
         return None
     return None
@@ -84,6 +88,8 @@ async def _http_first_look(
     headers["Range"] = f"bytes=0-{nbytes - 1}"
     headers["Accept-Encoding"] = "identity"  # as fsspec's HEAD: the size of the bytes
     async with session.get(target.encode_url(path), headers=headers, **kwargs) as r:
+        if r.status == 404:
+            raise FileNotFoundError(path)  # as fsspec's info() raises it
         if r.headers.get("Content-Encoding", "identity") not in ("identity", ""):
             return None
         if r.status == 206:

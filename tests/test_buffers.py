@@ -3,6 +3,7 @@ can still read it, and every byte read is right while buffers change hands."""
 
 from __future__ import annotations
 
+import gc
 import random
 import threading
 import weakref
@@ -11,6 +12,7 @@ from collections.abc import Iterator
 import pytest
 from conftest import BS, MiB, http_fs, payload
 
+import netcache
 from netcache import buffers
 from netcache.buffers import RECYCLE_BYTES, drop_recycled, page_buffer, recycled_bytes
 from netcache.httpserver import RangeServer
@@ -23,6 +25,10 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(autouse=True)
 def _nothing_kept() -> Iterator[None]:
+    # Caches of earlier tests would drop pages during a test (a reclaim by the memory
+    # monitor, a collection): their buffers would be kept too, and counted.
+    netcache.close_all()
+    gc.collect()
     drop_recycled()
     yield
     drop_recycled()

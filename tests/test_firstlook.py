@@ -108,8 +108,10 @@ def test_a_failed_first_look_falls_back_to_info(srv: RangeServer) -> None:
     with fs.open(f"{srv.url}/small.bin") as f:
         assert f.read() == data
     assert srv.heads == 1
+    srv.reset_counts()
     with pytest.raises(FileNotFoundError):
         fs.open(f"{srv.url}/missing.bin")
+    assert (srv.gets, srv.heads) == (1, 0)  # not found is not asked twice
 
 
 def test_other_targets_open_as_before(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -97,10 +97,14 @@ def test_chained_url_and_secrets(s3: dict, tmp_path) -> None:  # type: ignore[ty
             assert SECRET.encode() not in blob and b"AKIDTEST" not in blob
 
 
-def test_missing_key_is_file_not_found(s3: dict, tmp_path) -> None:  # type: ignore[type-arg, no-untyped-def]
+def test_missing_key_is_file_not_found(s3: dict, tmp_path, calls) -> None:  # type: ignore[type-arg, no-untyped-def]
     fs = make(s3, str(tmp_path / "c"))
     with pytest.raises(FileNotFoundError):
         fs.cat_file(f"{s3['bucket']}/nope")
+    with pytest.raises(FileNotFoundError):
+        fs.open(f"{s3['bucket']}/nope")
+    # each a GetObject answered NoSuchKey, not asked again with a HEAD
+    assert [method for method, _ in calls] == ["get_object", "get_object"]
 
 
 def test_s3_goes_away_and_comes_back(tmp_path) -> None:  # type: ignore[no-untyped-def]
