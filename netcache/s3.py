@@ -21,6 +21,10 @@ from fsspec.asyn import sync
 
 from netcache.errors import FileChangedError
 
+#: Requests in flight at once per call, unless the target sets ``batch_size`` (as s3fs's
+#: own ``cat_ranges`` does): a read of many ranges must not open as many connections.
+MAX_CONCURRENT_REQUESTS = 32
+
 
 def is_s3(target: AbstractFileSystem) -> bool:
     """Whether ``target`` is s3fs's filesystem (and its requests can be made here)."""
@@ -34,8 +38,9 @@ def get_ranges(
     ranges: list[tuple[int, int]],
     if_match: str | None = None,
 ) -> list[tuple[dict[str, Any], bytes]]:
-    """``(answer headers, bytes)`` of each ``[start, end)`` of ``path``, requested at
-    once on the target's event loop. With ``if_match``, an object whose ETag is another
+    """``(answer headers, bytes)`` of each ``[start, end)`` of ``path``, requested
+    concurrently on the target's event loop (``MAX_CONCURRENT_REQUESTS`` at a time, or
+    the target's ``batch_size``). With ``if_match``, an object whose ETag is another
     raises :class:`FileChangedError`; other errors are s3fs's own (a missing object is
     ``FileNotFoundError``)."""
     return sync(target.loop, _get_ranges, target, path, ranges, if_match)  # type: ignore[no-any-return]
@@ -51,21 +56,25 @@ async def _get_ranges(
     if if_match is not None:
         condition["IfMatch"] = if_match
 
+    gate = asyncio.Semaphore(getattr(target, "batch_size", None) or MAX_CONCURRENT_REQUESTS)
+
     async def one(start: int, end: int) -> tuple[dict[str, Any], bytes]:
-        try:
-            # s3fs's own request path: its retries, options and error translation
-            answer = await target._call_s3(
-                "get_object", Bucket=bucket, Key=key, Range=f"bytes={start}-{end - 1}", **condition
-            )
-        except OSError as exc:
-            if _precondition_failed(exc):
-                raise FileChangedError(f"{path} changed while open") from exc
-            raise
-        body = answer.pop("Body")
-        try:
-            return answer, await body.read()
-        finally:
-            body.close()
+        async with gate:
+            try:
+                # s3fs's own request path: its retries, options and error translation
+                answer = await target._call_s3(
+                    "get_object", Bucket=bucket, Key=key, Range=f"bytes={start}-{end - 1}",
+                    **condition,
+                )  # fmt: skip
+            except OSError as exc:
+                if _precondition_failed(exc):
+                    raise FileChangedError(f"{path} changed while open") from exc
+                raise
+            body = answer.pop("Body")
+            try:
+                return answer, await body.read()
+            finally:
+                body.close()
 
     # every request runs to its end (bodies closed) before the first error is raised
     answers = await asyncio.gather(*(one(start, end) for start, end in ranges),

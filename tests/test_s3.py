@@ -269,3 +269,38 @@ def test_an_empty_object_opens_through_info(s3: dict, tmp_path, calls) -> None: 
         assert f.read() == b""
     # S3 answers a range of an empty object with an error: info() is asked then
     assert [method for method, _ in calls] == ["get_object", "head_object"]
+
+
+def test_many_ranges_go_out_a_bounded_number_at_a_time(s3: dict, tmp_path, monkeypatch) -> None:  # type: ignore[type-arg, no-untyped-def]
+    import asyncio
+
+    from netcache import s3 as s3_requests
+
+    data = payload(FIRST_LOOK_BYTES + 64 * BS, 27)
+    path = f"{s3['bucket']}/ranges.bin"
+    fs = make(s3, str(tmp_path / "c"), readahead=False)
+    fs.fs.pipe_file(path, data)
+    monkeypatch.setattr(s3_requests, "MAX_CONCURRENT_REQUESTS", 4)
+    inflight, most = 0, 0
+    call = s3fs.S3FileSystem._call_s3
+
+    async def counting(self, method, *args, **kwargs):  # type: ignore[no-untyped-def]
+        nonlocal inflight, most
+        inflight += 1
+        most = max(most, inflight)
+        try:
+            await asyncio.sleep(0.01)  # long enough for the others to pile up
+            return await call(self, method, *args, **kwargs)
+        finally:
+            inflight -= 1
+
+    monkeypatch.setattr(s3fs.S3FileSystem, "_call_s3", counting)
+    # 30 ranges past the first look, none adjacent: 30 requests in one call
+    starts = [FIRST_LOOK_BYTES + 2 * i * BS + 7 for i in range(30)]
+    ends = [start + BS // 2 for start in starts]
+    fs.cat_file(path, 0, 10)  # the first look, alone
+    most = 0
+    assert fs.cat_ranges([path] * 30, starts, ends) == [
+        data[a:b] for a, b in zip(starts, ends, strict=True)
+    ]
+    assert most == 4
