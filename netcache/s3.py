@@ -58,23 +58,30 @@ async def _get_ranges(
 
     gate = asyncio.Semaphore(getattr(target, "batch_size", None) or MAX_CONCURRENT_REQUESTS)
 
+    async def request(start: int, end: int) -> tuple[dict[str, Any], bytes]:
+        # s3fs's own request path: its options, retries and error translation
+        answer = await target._call_s3(
+            "get_object", Bucket=bucket, Key=key, Range=f"bytes={start}-{end - 1}", **condition
+        )
+        body = answer.pop("Body")
+        try:
+            return answer, await body.read()
+        finally:
+            body.close()
+
+    # and, as s3fs's cat_file does, the request made again when the body breaks off
+    retry = getattr(sys.modules["s3fs.core"], "_error_wrapper", None)
+
     async def one(start: int, end: int) -> tuple[dict[str, Any], bytes]:
         async with gate:
             try:
-                # s3fs's own request path: its retries, options and error translation
-                answer = await target._call_s3(
-                    "get_object", Bucket=bucket, Key=key, Range=f"bytes={start}-{end - 1}",
-                    **condition,
-                )  # fmt: skip
+                if retry is None:
+                    return await request(start, end)
+                return await retry(request, args=(start, end), retries=target.retries)  # type: ignore[no-any-return]
             except OSError as exc:
                 if _precondition_failed(exc):
                     raise FileChangedError(f"{path} changed while open") from exc
                 raise
-            body = answer.pop("Body")
-            try:
-                return answer, await body.read()
-            finally:
-                body.close()
 
     # every request runs to its end (bodies closed) before the first error is raised
     answers = await asyncio.gather(*(one(start, end) for start, end in ranges),

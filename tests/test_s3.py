@@ -304,3 +304,39 @@ def test_many_ranges_go_out_a_bounded_number_at_a_time(s3: dict, tmp_path, monke
         data[a:b] for a, b in zip(starts, ends, strict=True)
     ]
     assert most == 4
+
+
+def test_a_body_that_breaks_off_is_asked_for_again(s3: dict, tmp_path, monkeypatch) -> None:  # type: ignore[type-arg, no-untyped-def]
+    from aiohttp import ClientPayloadError
+
+    data = payload(FIRST_LOOK_BYTES + 3 * BS, 28)
+    path = f"{s3['bucket']}/broken.bin"
+    fs = make(s3, str(tmp_path / "c"), readahead=False)
+    fs.fs.pipe_file(path, data)
+    fs.cat_file(path, 0, 10)
+    call = s3fs.S3FileSystem._call_s3
+    gets = 0
+
+    class Breaking:  # the connection drops after the headers, once
+        def __init__(self, body):  # type: ignore[no-untyped-def]
+            self.body = body
+
+        async def read(self):  # type: ignore[no-untyped-def]
+            raise ClientPayloadError("connection lost mid-body")
+
+        def close(self) -> None:
+            self.body.close()
+
+    async def breaking_once(self, method, *args, **kwargs):  # type: ignore[no-untyped-def]
+        nonlocal gets
+        answer = await call(self, method, *args, **kwargs)
+        if method == "get_object":
+            gets += 1
+            if gets == 1:
+                answer["Body"] = Breaking(answer["Body"])
+        return answer
+
+    monkeypatch.setattr(s3fs.S3FileSystem, "_call_s3", breaking_once)
+    got = fs.cat_file(path, FIRST_LOOK_BYTES, FIRST_LOOK_BYTES + 2 * BS)
+    assert got == data[FIRST_LOOK_BYTES : FIRST_LOOK_BYTES + 2 * BS] and gets == 2
+    assert fs.stats().retrievals.err == 0
