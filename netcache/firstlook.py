@@ -60,7 +60,13 @@ def first_look(
 def _s3_first_look(target: Any, path: str, nbytes: int) -> tuple[dict[str, Any], bytes] | None:
     """A GetObject of the first bytes: its answer says what s3fs's HEAD-based ``info()``
     does (an empty object answers a range with an error: ``info()`` then)."""
-    answer, body = get_ranges(target, path, [(0, nbytes)])[0]
+    try:
+        answer, body = get_ranges(target, path, [(0, nbytes)])[0]
+    except FileNotFoundError:
+        # no such object: a prefix of others is a folder, as info() would find by listing
+        if target.isdir(path):
+            return {"name": path, "size": 0, "type": "directory"}, b""
+        raise
     match = _CONTENT_RANGE.fullmatch(answer.get("ContentRange") or "")
     if match is None or len(body) != min(int(match[1]) + 1, nbytes):
         return None

@@ -103,8 +103,13 @@ def test_missing_key_is_file_not_found(s3: dict, tmp_path, calls) -> None:  # ty
         fs.cat_file(f"{s3['bucket']}/nope")
     with pytest.raises(FileNotFoundError):
         fs.open(f"{s3['bucket']}/nope")
-    # each a GetObject answered NoSuchKey, not asked again with a HEAD
-    assert [method for method, _ in calls] == ["get_object", "get_object"]
+    # each a GetObject answered NoSuchKey and a listing (is it a folder?), as many
+    # requests as s3fs's info() makes (a HEAD and a listing)
+    methods = [method for method, _ in calls]
+    assert methods == ["get_object", "list_objects_v2"] * 2
+    fs.fs.pipe_file(f"{s3['bucket']}/folder/inside.bin", b"x")
+    with pytest.raises(IsADirectoryError):
+        fs.open(f"{s3['bucket']}/folder")
 
 
 def test_s3_goes_away_and_comes_back(tmp_path) -> None:  # type: ignore[no-untyped-def]
