@@ -11,6 +11,7 @@ import atexit
 import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -45,6 +46,9 @@ DEFAULT_CHECK_INTERVAL = 60.0
 EXIT_DRAIN_SECONDS = 5.0
 #: Share of ``memory_limit`` that pages waiting for write-back may hold.
 PENDING_SHARE = 4
+#: Files that one read of several (``cat``, ``cat_ranges``) works on at once, a thread
+#: each: their version checks and fetches overlap, as plain fsspec's requests do.
+FILE_WORKERS = 8
 
 
 def default_cache_dir() -> str:
@@ -229,6 +233,8 @@ class CacheContext:
             on_change=self.invalidate_file,
             on_stale=self._stale,
         )
+        # no thread until the first read of several files
+        self.file_workers = ThreadPoolExecutor(FILE_WORKERS, "netcache-files")
 
     def _open_backend(self) -> Backend | None:
         if self.config.cache_dir is None or isinstance(self.config.cache_dir, Backend):

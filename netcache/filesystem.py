@@ -307,6 +307,29 @@ class NetCacheFileSystem(ChainedFileSystem):
         lo, hi = _absolute_range(cookie.size or 0, start, end)
         return self.read_pages(cookie, lo, hi)
 
+    def cat(
+        self, path: Any, recursive: bool = False, on_error: str = "raise", **kwargs: Any
+    ) -> Any:
+        """fsspec's ``cat``; the files of a list are read at once (see ``cat_ranges``)."""
+        if kwargs:  # ranges or options for each file: fsspec's way, a file at a time
+            return super().cat(path, recursive=recursive, on_error=on_error, **kwargs)
+        paths = self.expand_path(path, recursive=recursive)
+        if (
+            len(paths) == 1
+            and not isinstance(path, list)
+            and paths[0] == self._strip_protocol(path)
+        ):
+            return self.cat_file(paths[0])
+        out: dict[str, Any] = {}
+        for p, data in zip(paths, self.cat_ranges(paths, None, None), strict=True):
+            if isinstance(data, Exception):
+                if on_error == "raise":
+                    raise data
+                if on_error == "omit":
+                    continue
+            out[p] = data
+        return out
+
     def cat_ranges(
         self,
         paths: list[str],
@@ -316,28 +339,56 @@ class NetCacheFileSystem(ChainedFileSystem):
         on_error: str = "return",
         **kwargs: Any,
     ) -> list[Any]:
-        """Many ranges at once: missing pages of all of them fetched together."""
+        """Many ranges at once: the missing pages of each file fetched together, and
+        several files read concurrently (``FILE_WORKERS`` at a time)."""
         if not isinstance(paths, list):
             raise TypeError(f"paths must be a list, not {type(paths).__name__}")
         starts = starts if isinstance(starts, list) else [starts] * len(paths)
         ends = ends if isinstance(ends, list) else [ends] * len(paths)
         if not len(paths) == len(starts) == len(ends):
             raise ValueError("paths, starts and ends must have the same length")
+        by_path: dict[str, list[int]] = {}
+        for i, p in enumerate(paths):
+            by_path.setdefault(p, []).append(i)
+        if len(by_path) <= 1:
+            return self._file_ranges(paths[0], starts, ends, on_error) if paths else []
+        # A thread a file, as plain fsspec sends its requests at once. No deadlock: a
+        # worker waits only for pages claimed by fetches already under way.
+        jobs = [
+            (indices, self.context.file_workers.submit(
+                self._file_ranges, p, [starts[i] for i in indices], [ends[i] for i in indices],
+                on_error))
+            for p, indices in by_path.items()
+        ]  # fmt: skip
+        out: list[Any] = [None] * len(paths)
+        for indices, job in jobs:
+            for i, answer in zip(indices, job.result(), strict=True):
+                out[i] = answer
+        return out
+
+    def _file_ranges(
+        self, path: str, starts: list[Any], ends: list[Any], on_error: str
+    ) -> list[Any]:
+        """Ranges of one file, its missing pages fetched together."""
         try:
-            cookies = {p: self._cookie(self._target_path(p)) for p in set(paths)}
-            ranges = [
-                (cookies[p], *_absolute_range(cookies[p].size or 0, s, e))
-                for p, s, e in zip(paths, starts, ends, strict=True)
-            ]
+            # from the start (whole files, most often): the first look brings the bytes
+            cookie = self._cookie(self._target_path(path), reading=all(not s for s in starts))
+        except Exception as exc:  # no version (a missing file): the answer of every range
+            if on_error != "return":
+                raise
+            return [exc] * len(starts)
+        try:
+            ranges = [(cookie, *_absolute_range(cookie.size or 0, s, e))
+                      for s, e in zip(starts, ends, strict=True)]  # fmt: skip
             return self.context.fetcher.read_ranges(self.fs, ranges, self._verify)
         except Exception:
             if on_error != "return":
                 raise
-        # Something failed: read one by one so each range gets its own answer.
+        # A fetch failed: read one by one so each range gets its own answer.
         out: list[Any] = []
-        for p, s, e in zip(paths, starts, ends, strict=True):
+        for s, e in zip(starts, ends, strict=True):
             try:
-                out.append(self.cat_file(p, s, e))
+                out.append(self.cat_file(path, s, e))
             except Exception as exc:
                 out.append(exc)
         return out

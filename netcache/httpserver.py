@@ -41,10 +41,10 @@ class _File:
 class RangeServer:
     """Serves ``files`` (path -> bytes) at ``url``; thread-safe.
 
-    Counters (``gets``, ``heads``, ``bytes_sent``, ``requests_by_path``) say what clients
-    asked. Faults: ``fail_next(n, status | "reset" | "stall")``, ``latency`` seconds per
-    request,
-    ``ignore_ranges`` (answer 200 with the whole file), ``hide_size`` (no
+    Counters (``gets``, ``heads``, ``bytes_sent``, ``requests_by_path``, and
+    ``most_in_flight``, the most requests served at once) say what clients asked.
+    Faults: ``fail_next(n, status | "reset" | "stall")``, ``latency`` seconds per
+    request, ``ignore_ranges`` (answer 200 with the whole file), ``hide_size`` (no
     Content-Length in HEAD), ``short_by`` (send that many bytes fewer than the range),
     ``range_limit`` (answer at most that many bytes of a range, saying so in
     Content-Range, as some servers do).
@@ -66,6 +66,7 @@ class RangeServer:
         self.stall_seconds = 5.0
         self._stopped = False
         self._failures: list[int | str] = []
+        self._in_flight = 0
         self.reset_counts()
         self._httpd = _QuietServer(("127.0.0.1", port), _handler(self))
         self._httpd.daemon_threads = True
@@ -92,6 +93,7 @@ class RangeServer:
             self.heads = 0
             self.bytes_sent = 0
             self.requests_by_path: Counter[str] = Counter()
+            self.most_in_flight = self._in_flight
 
     def start(self) -> RangeServer:
         self._thread = threading.Thread(
@@ -122,6 +124,11 @@ class RangeServer:
             self.requests_by_path[path] += 1
             failure = self._failures.pop(0) if self._failures else None
             return self._files.get(path), failure
+
+    def _arrived(self, change: int) -> None:
+        with self._lock:
+            self._in_flight += change
+            self.most_in_flight = max(self.most_in_flight, self._in_flight)
 
     def _sent(self, n: int) -> None:
         with self._lock:
@@ -177,6 +184,13 @@ def _handler(server: RangeServer) -> type[BaseHTTPRequestHandler]:
         def _serve(self, body: bool) -> None:
             if self.path.startswith("/_control/"):
                 return self._control()
+            server._arrived(1)
+            try:
+                return self._answer(body)
+            finally:
+                server._arrived(-1)
+
+        def _answer(self, body: bool) -> None:
             path = self.path.split("?", 1)[0]
             file, failure = server._take("GET" if body else "HEAD", path)
             if server.latency:

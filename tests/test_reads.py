@@ -120,6 +120,36 @@ def test_cat_ranges_cat_read_block_get_file(server: RangeServer, cache_dir: str,
     assert out[0] == sdata[:5] and isinstance(out[1], FileNotFoundError)
 
 
+def test_several_files_are_read_at_once_one_request_each(cache_dir: str) -> None:
+    from netcache.context import FILE_WORKERS
+
+    files = {f"f/{i}.bin": payload(BS + 100 * i, 40 + i) for i in range(2 * FILE_WORKERS)}
+    with RangeServer(files, latency=0.05) as srv:  # long enough for requests to overlap
+        fs = http_fs(cache_dir)
+        urls = [f"{srv.url}/{name}" for name in files]
+        missing = f"{srv.url}/f/missing.bin"
+        got = fs.cat([*urls, missing], on_error="return")
+        assert [got[u] for u in urls] == list(files.values())
+        assert isinstance(got[missing], FileNotFoundError)
+        # one GET a file (the first look), none asked twice, several at once, bounded
+        assert (srv.gets, srv.heads) == (len(files) + 1, 0)
+        assert 1 < srv.most_in_flight <= FILE_WORKERS
+        with pytest.raises(FileNotFoundError):
+            fs.cat([urls[0], missing])
+        assert fs.cat([urls[0], missing], on_error="omit") == {urls[0]: files["f/0.bin"]}
+        srv.reset_counts()
+        # ranges of several files, their order kept; each file's pages fetched together
+        starts = [5, BS + 1, 3, 0]
+        ends = [50, BS + 90, BS + 9, 2]
+        paths = [urls[1], urls[1], urls[2], urls[3]]
+        fs.invalidate()
+        out = fs.cat_ranges(paths, starts, ends)
+        assert out == [
+            files[p.split("/", 3)[3]][a:b] for p, a, b in zip(paths, starts, ends, strict=True)
+        ]
+        assert srv.gets == 3  # one request per file
+
+
 def test_eight_threads_single_flight(server: RangeServer, cache_dir: str) -> None:
     fs = http_fs(cache_dir, readahead=False)  # count only what the readers ask for
     url = f"{server.url}/big.bin"
