@@ -186,7 +186,8 @@ def _policy_name(policy: Any) -> str:
 
 
 class CacheContext:
-    """The shared state of one cache: page cache, fetcher, write-back, versions, stats.
+    """The shared state of one cache: page cache, fetcher, write-back, versions, stats,
+    and ``file_workers``, the threads that read several files at once.
 
     Thread-safe: each part has its own lock (see their docstrings); this class only
     wires them together and takes no lock itself.
@@ -233,7 +234,8 @@ class CacheContext:
             on_change=self.invalidate_file,
             on_stale=self._stale,
         )
-        # no thread until the first read of several files
+        # no thread until the first read of several files; workers wait only for pages
+        # claimed by fetches under way, never for another worker's queued job
         self.file_workers = ThreadPoolExecutor(FILE_WORKERS, "netcache-files")
 
     def _open_backend(self) -> Backend | None:
