@@ -5,7 +5,10 @@ A local HTTP server runs in another process (``python -m netcache.httpserver``) 
 (cache, workload, latency) runs in a fresh process that reads cold, then warm; the cache
 folder's files are then pushed out of the OS page cache (``fsync`` and
 ``posix_fadvise(DONTNEED)`` on each, nothing machine-wide), their raw read speed is
-measured, and a second fresh process reads again ("new process from disk").
+measured, and a second fresh process reads again ("new process from disk"). Workloads:
+sequential 1 MiB reads of the big file, random 64 KiB reads of it, the small files
+opened and read one after the other, the small files in one ``cat`` call (as zarr's
+``getitems`` asks), and ``cat_ranges`` of many ranges of the big file.
 
 Peers: plain fsspec HTTP, ``blockcache``, ``simplecache``, and the ``background`` and
 ``adaptive`` read-ahead caches of fsspec's HTTP files. netcache also runs without a disk
@@ -37,9 +40,9 @@ from pathlib import Path
 from typing import Any
 
 MiB = 1 << 20
-ALL = ("seq", "random", "small", "ranges")
+ALL = ("seq", "random", "small", "catmany", "ranges")
 # cache -> the workloads it runs. background/adaptive are file read-ahead modes: they do
-# nothing for cat_ranges, so they are not asked.
+# nothing for cat and cat_ranges, so they are not asked.
 CACHES: dict[str, tuple[str, ...]] = {
     "netcache": ALL,
     "netcache (no disk tier)": ("seq", "small"),
@@ -55,6 +58,7 @@ LABELS = {
     "seq": "sequential 1 MiB reads",
     "random": "{random} random 64 KiB reads",
     "small": "{small} files of 1 MiB",
+    "catmany": "cat of {small} files of 1 MiB",
     "ranges": "cat_ranges: {ranges} ranges of 256 KiB",
 }
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -96,6 +100,9 @@ def run_workload(fs: Any, open_args: dict[str, Any], workload: str, url: str,
             for _ in range(opts.random):
                 f.seek(rng.randrange(size - 65536))
                 total += len(f.read(65536))
+    elif workload == "catmany":  # one call for many files, as zarr's getitems makes
+        urls = [f"{url}/small/{i}.bin" for i in range(opts.small)]
+        total = sum(map(len, fs.cat(urls).values()))
     elif workload == "ranges":
         rng = random.Random(7)
         size = fs.size(big)

@@ -16,7 +16,7 @@ COLORS = {
 }
 PHASES = {"cold": "cold", "warm": "warm", "new process from disk": "disk"}
 SHORT = {"seq": "sequential", "random": "random 64 KiB", "small": "small files",
-         "ranges": "cat_ranges"}  # fmt: skip
+         "catmany": "cat of files", "ranges": "cat_ranges"}  # fmt: skip
 
 
 def _pyplot() -> Any:

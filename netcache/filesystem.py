@@ -352,18 +352,37 @@ class NetCacheFileSystem(ChainedFileSystem):
             by_path.setdefault(p, []).append(i)
         if len(by_path) <= 1:
             return self._file_ranges(paths[0], starts, ends, on_error) if paths else []
-        # A thread a file, as plain fsspec sends its requests at once. No deadlock: a
-        # worker waits only for pages claimed by fetches already under way.
-        jobs = [
-            (indices, self.context.file_workers.submit(
-                self._file_ranges, p, [starts[i] for i in indices], [ends[i] for i in indices],
-                on_error))
-            for p, indices in by_path.items()
-        ]  # fmt: skip
         out: list[Any] = [None] * len(paths)
-        for indices, job in jobs:
-            for i, answer in zip(indices, job.result(), strict=True):
+        jobs = []
+        for p, indices in by_path.items():
+            file_starts, file_ends = [starts[i] for i in indices], [ends[i] for i in indices]
+            answers = self._resident_ranges(p, file_starts, file_ends)
+            if answers is None:
+                # A thread a file, as plain fsspec sends its requests at once. No
+                # deadlock: a worker waits only for pages claimed by fetches under way.
+                answers = self.context.file_workers.submit(
+                    self._file_ranges, p, file_starts, file_ends, on_error
+                )
+            jobs.append((indices, answers))
+        for indices, answers in jobs:
+            if not isinstance(answers, list):
+                answers = answers.result()
+            for i, answer in zip(indices, answers, strict=True):
                 out[i] = answer
+        return out
+
+    def _resident_ranges(self, path: str, starts: list[Any], ends: list[Any]) -> list[bytes] | None:
+        """The ranges of one file if a checked version and every page are in memory, else
+        None: warm files are answered here, without a thread hop."""
+        cookie = self.context.cookies.known(self._target_path(path), self.config.check_interval)
+        if cookie is None or cookie.size is None:
+            return None
+        out = []
+        for s, e in zip(starts, ends, strict=True):
+            data = self.context.fetcher.read_resident(cookie, *_absolute_range(cookie.size, s, e))
+            if data is None:
+                return None
+            out.append(data)
         return out
 
     def _file_ranges(

@@ -134,8 +134,16 @@ def test_several_files_are_read_at_once_one_request_each(cache_dir: str) -> None
         # one GET a file (the first look), none asked twice, several at once, bounded
         assert (srv.gets, srv.heads) == (len(files) + 1, 0)
         assert 1 < srv.most_in_flight <= FILE_WORKERS
+        # warm files are answered on the caller's thread: no worker, no request
+        submit = fs.context.file_workers.submit
+        hops: list[object] = []
+        fs.context.file_workers.submit = lambda *a: (hops.append(a), submit(*a))[1]  # type: ignore[method-assign]
+        srv.reset_counts()
+        assert fs.cat(urls) == dict(zip(urls, files.values(), strict=True))
+        assert hops == [] and srv.gets == 0
         with pytest.raises(FileNotFoundError):
             fs.cat([urls[0], missing])
+        assert len(hops) == 1  # the missing one only
         assert fs.cat([urls[0], missing], on_error="omit") == {urls[0]: files["f/0.bin"]}
         srv.reset_counts()
         # ranges of several files, their order kept; each file's pages fetched together
