@@ -335,24 +335,11 @@ class PageFetcher:
         ends: list[int],
         verify: bool,
     ) -> list[bytes]:
-        pin = self._pin(target, cookie)
-        etag = strong_etag(cookie.info)
-        s3_pinned = etag is not None and is_s3(target)
         try:
-            if s3_pinned:  # GetObject with IfMatch: no HEAD after it
-                answers = get_ranges(
-                    target, cookie.path, list(zip(starts, ends, strict=True)), etag
-                )
-                blobs = [blob for _, blob in answers]
-            elif len(starts) == 1:
-                blobs = [target.cat_file(cookie.path, start=starts[0], end=ends[0], **pin)]
-            else:
-                blobs = target.cat_ranges(
-                    [cookie.path] * len(starts), starts, ends, on_error="return", **pin
-                )
-                for blob in blobs:
-                    if isinstance(blob, BaseException):
-                        raise blob
+            blobs = _pinned_ranges(target, cookie, starts, ends)
+            pinned = blobs is not None
+            if blobs is None:
+                blobs = _cat_ranges(target, cookie.path, starts, ends)
         except Exception as exc:
             self._counters.add_many({"retrievals.req": len(starts), "retrievals.err": 1})
             if getattr(exc, "status", None) == 412:
@@ -361,18 +348,9 @@ class PageFetcher:
         self._counters.add_many(
             {"retrievals.req": len(starts), "retrievals.rbytes": sum(map(len, blobs))}
         )
-        if not (pin or s3_pinned) and verify:
+        if not pinned and verify:
             self._check_version(target, cookie)
         return blobs
-
-    def _pin(self, target: AbstractFileSystem, cookie: FileCookie) -> dict[str, Any]:
-        protocol = target.protocol if isinstance(target.protocol, str) else target.protocol[0]
-        etag = strong_etag(cookie.info)
-        if protocol in ("http", "https") and etag is not None:
-            headers = dict(getattr(target, "kwargs", {}).get("headers") or {})
-            headers["If-Match"] = etag
-            return {"headers": headers}
-        return {}
 
     def _check_version(self, target: AbstractFileSystem, cookie: FileCookie) -> None:
         info = target.info(cookie.path)
@@ -409,6 +387,40 @@ class PageFetcher:
     def _store(self, page: Page) -> None:
         if self.writeback is not None:
             self.writeback.submit(page)
+
+
+def _pinned_ranges(
+    target: AbstractFileSystem, cookie: FileCookie, starts: list[int], ends: list[int]
+) -> list[bytes] | None:
+    """The ranges fetched on condition that the file is still at the cookie's version
+    (its strong ETag: HTTP's ``If-Match``, S3's ``IfMatch``), or None where the
+    target takes no such condition: the caller then checks the version after."""
+    etag = strong_etag(cookie.info)
+    if etag is None:
+        return None
+    if is_s3(target):
+        answers = get_ranges(target, cookie.path, list(zip(starts, ends, strict=True)), etag)
+        return [blob for _, blob in answers]
+    protocol = target.protocol if isinstance(target.protocol, str) else target.protocol[0]
+    if protocol not in ("http", "https"):
+        return None
+    headers = dict(getattr(target, "kwargs", {}).get("headers") or {})
+    headers["If-Match"] = etag
+    return _cat_ranges(target, cookie.path, starts, ends, headers=headers)
+
+
+def _cat_ranges(
+    target: AbstractFileSystem, path: str, starts: list[int], ends: list[int], **kwargs: Any
+) -> list[bytes]:
+    """Ranges of ``path`` through fsspec (several at once where the target can); the
+    first failure is raised."""
+    if len(starts) == 1:
+        return [target.cat_file(path, start=starts[0], end=ends[0], **kwargs)]
+    blobs = target.cat_ranges([path] * len(starts), starts, ends, on_error="return", **kwargs)
+    for blob in blobs:
+        if isinstance(blob, BaseException):
+            raise blob
+    return blobs  # type: ignore[no-any-return]
 
 
 def _join(pages: list[Page], lo: int, hi: int) -> bytes:
