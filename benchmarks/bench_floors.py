@@ -15,8 +15,9 @@ the machine it runs on, for the targets it misses. Three parts, each the median 
 3. **Cold read, CPU per thread.** A 256 MiB sequential read in a fresh process, for
    netcache with and without its disk tier and for plain fsspec: wall time and the CPU
    time of each thread (fsspec's event loop, the reader, netcache's read-ahead and
-   write-back workers). CPU summed over threads close to the wall time, with CPUs to
-   spare, means the threads take turns: they wait for Python's GIL.
+   write-back workers), and the memory each thread touched for the first time (minor
+   faults). CPU summed over threads close to the wall time, with CPUs to spare, means
+   the threads take turns: they wait for Python's GIL.
 
     python benchmarks/bench_floors.py              # about 2 minutes here (Linux only)
     python benchmarks/bench_floors.py --repeat 5
@@ -176,7 +177,7 @@ else:
 with fs.open(url + "/small/0.bin", "rb") as f:  # start the event loop and the session
     f.read()
 
-def cpu_by_thread():
+def by_thread():
     names = {t.native_id: t.name for t in threading.enumerate()}
     out = {}
     for tid in os.listdir("/proc/self/task"):
@@ -188,18 +189,24 @@ def cpu_by_thread():
         group = ("reader" if name == "MainThread" else "fsspec event loop" if name == "fsspecIO"
                  else name.rstrip("_0123456789-").replace("_", "") or "other")
         ticks = int(fields[11]) + int(fields[12])
-        out[group] = out.get(group, 0) + ticks * 1000 / os.sysconf("SC_CLK_TCK")
+        cpu, faults = out.get(group, (0.0, 0))
+        out[group] = (cpu + ticks * 1000 / os.sysconf("SC_CLK_TCK"), faults + int(fields[7]))
     return out
 
-before, started = cpu_by_thread(), time.perf_counter()
+before, started = by_thread(), time.perf_counter()
 with fs.open(url + "/big.bin", "rb") as f:
     while f.read(1 << 20):
         pass
 wall = (time.perf_counter() - started) * 1e3
 if cache != "plain":
     fs.flush(timeout=300)  # the write-back's CPU counts too
-after = cpu_by_thread()
-print(json.dumps({"wall": wall, "cpu": {k: v - before.get(k, 0) for k, v in after.items()}}))
+after = by_thread()
+zero = (0.0, 0)
+print(json.dumps({"wall": wall,
+                  "cpu": {k: v[0] - before.get(k, zero)[0] for k, v in after.items()},
+                  # first touches of memory (minor faults), in MiB: fresh memory
+                  "fresh": {k: (v[1] - before.get(k, zero)[1]) * 4096 / 2**20
+                            for k, v in after.items()}}))
 """
 
 
@@ -249,6 +256,12 @@ def report(warm: list[tuple[str, list[float]]], fill: dict[str, list[float]],
         busy = med(sum(r["cpu"].values()) / r["wall"] for r in runs)
         rate = med(256 * 1000 / r["wall"] for r in runs)
         lines.append(f"| {cache} | {rate:.0f} | " + " | ".join(cells) + f" | {busy:.2f} |")
+    header = "| cache | " + " | ".join(groups) + " |"
+    lines += ["", "Fresh memory (MiB first touched, from minor faults) per thread, same reads:",
+              "", header, "|---" * (len(groups) + 1) + "|"]  # fmt: skip
+    for cache, runs in cold.items():
+        cells = [f"{med(r['fresh'].get(g, 0.0) for r in runs):.0f}" for g in groups]
+        lines.append(f"| {cache} | " + " | ".join(cells) + " |")
     lines.append(f"\n(CPU ÷ wall near 1 on {os.cpu_count()} cores: the threads take turns "
                  "holding the GIL. netcache's CPU includes flushing its write-back.)")  # fmt: skip
     return "\n".join(lines)

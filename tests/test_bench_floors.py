@@ -27,9 +27,17 @@ def test_report_takes_differences_and_ratios_within_each_round() -> None:
     }
     cold = {
         "netcache": [
-            {"wall": 1000.0, "cpu": {"reader": 100.0, "fsspec event loop": 800.0}},
-            {"wall": 500.0, "cpu": {"reader": 300.0, "fsspec event loop": 200.0}},
-            {"wall": 800.0, "cpu": {"reader": 200.0}},
+            {
+                "wall": 1000.0,
+                "cpu": {"reader": 100.0, "fsspec event loop": 800.0},
+                "fresh": {"reader": 1.0, "fsspec event loop": 256.0},
+            },
+            {
+                "wall": 500.0,
+                "cpu": {"reader": 300.0, "fsspec event loop": 200.0},
+                "fresh": {"reader": 3.0, "fsspec event loop": 250.0},
+            },
+            {"wall": 800.0, "cpu": {"reader": 200.0}, "fresh": {"reader": 2.0}},
         ]
     }
     text = bench_floors.report(warm, fill, cold, 3)
@@ -40,3 +48,4 @@ def test_report_takes_differences_and_ratios_within_each_round() -> None:
     # a thread missing from a round counts 0; CPU / wall per round: 0.9, 1.0, 0.25
     assert "| fsspec event loop | reader | CPU ÷ wall |" in text
     assert "| netcache | 320 | 200 | 200 | 0.90 |" in text
+    assert "| netcache | 250 | 2 |" in text
