@@ -1,7 +1,7 @@
 """Where netcache's time goes, next to the floors it cannot go below, in one run.
 
 ``bench_read.py`` says how fast netcache is against fsspec's caches; this says why, on
-the machine it runs on, for the targets it misses. Three parts, each the median of
+the machine it runs on, for the targets it misses. Four parts, each the median of
 ``--repeat`` rounds, every ratio taken within one round:
 
 1. **Warm reads.** netcache's whole read (``seek`` and ``read``) against its two parts:
@@ -12,7 +12,9 @@ the machine it runs on, for the targets it misses. Three parts, each the median 
 2. **Fresh memory.** 256 MiB copied into new 128 KiB page buffers (what a cold read
    does for every page), into the same buffers again (reused memory), and written into
    a file's OS page cache (what blockcache and simplecache do).
-3. **Cold read, CPU per thread.** A 256 MiB sequential read in a fresh process, for
+3. **Copies out of the OS page cache** into a page-aligned buffer and into buffers that
+   start 16 or 64 bytes into a page (a large ``bytearray`` starts 16 bytes in).
+4. **Cold read, CPU per thread.** A 256 MiB sequential read in a fresh process, for
    netcache with and without its disk tier and for plain fsspec: wall time and the CPU
    time of each thread (fsspec's event loop, the reader, netcache's read-ahead and
    write-back workers), and the memory each thread touched for the first time (minor
@@ -132,6 +134,41 @@ def warm_reads(url: str, size: int, repeat: int, folder: str) -> list[tuple[str,
     return list(rows.items())
 
 
+def page_cache_reads(repeat: int, folder: str) -> dict[str, list[float]]:
+    """Microseconds per MiB read from a file in the OS page cache into a buffer that is
+    page-aligned, or 16 bytes into a page as a large ``bytearray`` is (malloc's header):
+    the kernel's copy slows down when its loads and stores are 16 bytes apart in their
+    pages (4 KiB aliasing), which is why netcache's disk read-through reads into a
+    mapping."""
+    path = os.path.join(folder, "cached")
+    with open(path, "wb") as f:
+        f.write(os.urandom(64 * MiB))
+    fd = os.open(path, os.O_RDONLY)
+    aligned = mmap.mmap(-1, MiB + 4096)
+    buffers = {"a mapping (page-aligned)": memoryview(aligned)[:MiB],
+               "a mapping, 16 bytes in (as a bytearray)": memoryview(aligned)[16 : 16 + MiB],
+               "a mapping, 64 bytes in": memoryview(aligned)[64 : 64 + MiB]}  # fmt: skip
+    out: dict[str, list[float]] = {}
+    try:
+        for i in range(64):  # into the page cache
+            os.pread(fd, MiB, i * MiB)
+        for _ in range(repeat):
+            for name, buf in buffers.items():
+
+                def read_all(buf: memoryview = buf) -> None:
+                    for i in range(64):
+                        os.preadv(fd, [buf], i * MiB)
+
+                out.setdefault(name, []).append(per_op_us(read_all, 64))
+    finally:
+        for buf in buffers.values():
+            buf.release()
+        aligned.close()
+        os.close(fd)
+        os.unlink(path)
+    return out
+
+
 def fresh_memory(repeat: int, folder: str) -> dict[str, list[float]]:
     """Milliseconds to put 256 MiB into fresh page buffers, reused ones, a file."""
     from netcache.buffers import drop_recycled, page_buffer
@@ -224,7 +261,12 @@ def cold_cpu(url: str, repeat: int, folder: str) -> dict[str, list[dict[str, Any
     return out
 
 
-def report(warm: list[tuple[str, list[float]]], fill: dict[str, list[float]],
+#: A table of one measure for several ways: its title, the column's name, the way the
+#: others are divided by, and each way's values (one per round).
+Table = tuple[str, str, str, dict[str, list[float]]]
+
+
+def report(warm: list[tuple[str, list[float]]], tables: list[Table],
            cold: dict[str, list[dict[str, Any]]], repeat: int) -> str:  # fmt: skip
     med = statistics.median
     lines = [f"# Where the time goes: {os.cpu_count()} cores, median of {repeat} rounds", "",
@@ -241,12 +283,12 @@ def report(warm: list[tuple[str, list[float]]], fill: dict[str, list[float]],
         rest = med(a - b for a, b in zip(read, copy, strict=True))
         lines.append(f"\n{reads}: netcache's read = its copy + {rest:.2f} us of Python "
                      f"({rest / med(read):.0%} of the read).")  # fmt: skip
-    lines += ["", "## Putting 256 MiB into memory, ms", "", "| into | ms | ÷ file page cache |",
-              "|---|---|---|"]  # fmt: skip
-    base = fill["a file's OS page cache (blockcache, simplecache)"]
-    for how, values in fill.items():
-        ratio = med(a / b for a, b in zip(values, base, strict=True))
-        lines.append(f"| {how} | {med(values):.0f} | {ratio:.2f} |")
+    for title, unit, base_name, values_by_way in tables:
+        lines += ["", f"## {title}", "", f"| into | {unit} | ÷ {base_name} |", "|---|---|---|"]
+        base = values_by_way[base_name]
+        for how, values in values_by_way.items():
+            ratio = med(a / b for a, b in zip(values, base, strict=True))
+            lines.append(f"| {how} | {med(values):.0f} | {ratio:.2f} |")
     groups = sorted({g for runs in cold.values() for r in runs for g in r["cpu"]})
     lines += ["", "## Cold sequential read of 256 MiB (0 ms), CPU ms per thread", "",
               "| cache | MiB/s | " + " | ".join(groups) + " | CPU ÷ wall |",
@@ -284,13 +326,19 @@ def main() -> None:
     try:
         assert server.stdout is not None
         url = server.stdout.readline().strip()
-        fill = fresh_memory(opts.repeat, folder)  # first: no other writes in flight
+        # first: no other writes in flight
+        tables: list[Table] = [
+            ("Putting 256 MiB into memory", "ms", "a file's OS page cache (blockcache, "
+             "simplecache)", fresh_memory(opts.repeat, folder)),
+            ("Reading a file from the OS page cache, 1 MiB at a time", "us per MiB",
+             "a mapping (page-aligned)", page_cache_reads(opts.repeat, folder)),
+        ]  # fmt: skip
         warm = warm_reads(url, size, opts.repeat, folder)
         cold = cold_cpu(url, opts.repeat, folder)
     finally:
         server.terminate()
         shutil.rmtree(folder, ignore_errors=True)
-    text = report(warm, fill, cold, opts.repeat)
+    text = report(warm, tables, cold, opts.repeat)
     print(text)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "bench_floors.md").write_text(text + "\n")

@@ -23,8 +23,9 @@ def test_report_takes_differences_and_ratios_within_each_round() -> None:
         ]
     fill = {
         "new 128 KiB page buffers (cold read)": [200.0, 300.0, 100.0],
-        "a file's OS page cache (blockcache, simplecache)": [100.0, 100.0, 100.0],
+        "a file's page cache": [100.0, 100.0, 100.0],
     }
+    tables = [("Putting 256 MiB into memory", "ms", "a file's page cache", fill)]
     cold = {
         "netcache": [
             {
@@ -40,10 +41,11 @@ def test_report_takes_differences_and_ratios_within_each_round() -> None:
             {"wall": 800.0, "cpu": {"reader": 200.0}, "fresh": {"reader": 2.0}},
         ]
     }
-    text = bench_floors.report(warm, fill, cold, 3)
+    text = bench_floors.report(warm, tables, cold, 3)
     # round by round: 10-4, 20-8, 30-27 -> median 6 (the difference of medians is 12)
     assert "64 KiB random: netcache's read = its copy + 6.00 us of Python (30% of" in text
     assert "| 64 KiB random | simplecache: read | 10.00 | 0.50 |" in text
+    assert "| into | ms | ÷ a file's page cache |" in text
     assert "| new 128 KiB page buffers (cold read) | 200 | 2.00 |" in text
     # a thread missing from a round counts 0; CPU / wall per round: 0.9, 1.0, 0.25
     assert "| fsspec event loop | reader | CPU ÷ wall |" in text

@@ -79,10 +79,15 @@ _hint_buffers = threading.local()
 
 def _read_through(fd: int, start: int, length: int) -> None:
     """Read ``length`` bytes of ``fd`` from ``start`` into the OS page cache, through a
-    buffer of the calling thread's (reused: fresh memory costs more than the read)."""
+    buffer of the calling thread's (reused: fresh memory costs more than the read).
+
+    The buffer is a mapping, so page-aligned like the page cache it is copied from. A
+    large ``bytearray`` starts 16 bytes into a page (malloc's header), and the kernel's
+    copy into it ran 5x slower here (409 against 75 us per MiB): its loads and stores
+    16 bytes apart alias in the CPU's 4 KiB store-forwarding check."""
     buf = getattr(_hint_buffers, "buf", None)
     if buf is None:
-        buf = _hint_buffers.buf = memoryview(bytearray(_HINT_READ_BYTES))
+        buf = _hint_buffers.buf = memoryview(empty_page_buffer(_HINT_READ_BYTES))
     end = start + length
     while start < end:
         n = os.preadv(fd, [buf[: min(len(buf), end - start)]], start)
