@@ -269,7 +269,8 @@ Table = tuple[str, str, str, dict[str, list[float]]]
 def report(warm: list[tuple[str, list[float]]], tables: list[Table],
            cold: dict[str, list[dict[str, Any]]], repeat: int) -> str:  # fmt: skip
     med = statistics.median
-    lines = [f"# Where the time goes: {os.cpu_count()} cores, median of {repeat} rounds", "",
+    lines = [f"# Where the time goes: {os.cpu_count()} cores, median of {repeat} rounds "
+             f"({5 * repeat} shorter ones for the warm reads)", "",
              "## Warm reads, microseconds per read", "",
              "| reads | how | us per read | ÷ netcache's read |", "|---|---|---|---|"]  # fmt: skip
     by = dict(warm)
