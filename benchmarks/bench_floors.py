@@ -21,7 +21,7 @@ the machine it runs on, for the targets it misses. Four parts, each the median o
    faults). CPU summed over threads close to the wall time, with CPUs to spare, means
    the threads take turns: they wait for Python's GIL.
 
-    python benchmarks/bench_floors.py              # about 2 minutes here (Linux only)
+    python benchmarks/bench_floors.py              # about half a minute here (Linux only)
     python benchmarks/bench_floors.py --repeat 5
 """
 
