@@ -169,7 +169,8 @@ def raw_read(folder: str) -> float:
     """MiB/s of reading every file of the folder once, from disk (then evicted again)."""
     evict(folder)
     # page-aligned, as the page cache: a bytearray starts 16 bytes into a page, and the
-    # kernel's copy into it runs 5x slower here (bench_floors.py, "page cache into")
+    # kernel's copy into it runs 5-8x slower here (bench_floors.py: "Reading a file from
+    # the OS page cache")
     buf = mmap.mmap(-1, MiB)
     total, started = 0, time.perf_counter()
     for path in sorted(Path(folder).rglob("*")):
