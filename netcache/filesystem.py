@@ -374,12 +374,9 @@ class NetCacheFileSystem(ChainedFileSystem):
     def _resident_ranges(self, path: str, starts: list[Any], ends: list[Any]) -> list[bytes] | None:
         """The ranges of one file if a checked version and every page are in memory, else
         None: warm files are answered here, without a thread hop."""
-        cookie = self.context.cookies.known(self._target_path(path), self.config.check_interval)
-        if cookie is None or cookie.size is None:
-            return None
         out = []
         for s, e in zip(starts, ends, strict=True):
-            data = self.context.fetcher.read_resident(cookie, *_absolute_range(cookie.size, s, e))
+            data = self.cat_file_resident(path, s, e)
             if data is None:
                 return None
             out.append(data)
