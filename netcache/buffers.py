@@ -22,6 +22,8 @@ import threading
 import weakref
 from collections.abc import Callable
 
+from netcache.errors import ShortReadError
+
 # memoryview: a page read from disk, in place in a mapping of its file
 PageBuffer = bytes | bytearray | mmap.mmap | memoryview
 
@@ -37,14 +39,66 @@ def empty_page_buffer(nbytes: int) -> mmap.mmap:
 
 def page_buffer(data: bytes | bytearray | memoryview) -> mmap.mmap:
     """A copy of ``data`` in its own mapping: a recycled one of the same size if any."""
-    buf = _take_recycled(len(data)) if _kept.nbytes else None  # a stale peek costs nothing
-    if buf is not None:
-        buf[:] = data
-        return buf
-    buf = empty_page_buffer(len(data))
-    buf.write(data)
-    buf.seek(0)
+    buf = _new_page_buffer(len(data))
+    buf[:] = data
     return buf
+
+
+def _new_page_buffer(nbytes: int) -> mmap.mmap:
+    """A buffer of ``nbytes`` to overwrite whole: a recycled one if any, else a new one."""
+    buf = _take_recycled(nbytes) if _kept.nbytes else None  # a stale peek costs nothing
+    return buf if buf is not None else empty_page_buffer(nbytes)
+
+
+class PageFiller:
+    """An answer of ``nbytes`` that arrives in chunks of any size, copied as it comes into
+    page buffers of ``page_size`` (the last one shorter): one copy from the network's
+    chunks into pages, where joining the chunks first copies every byte twice, the first
+    time into fresh memory.
+
+    ``pages`` holds the buffers (whole once ``received``, the bytes fed so far, reaches
+    ``nbytes``; the last one is partly filled before). A chunk beyond
+    ``nbytes`` raises :class:`ShortReadError` (the remote sent other bytes than asked).
+
+    Not thread-safe: one answer, fed by one thread or one coroutine.
+    """
+
+    __slots__ = ("_filled", "_page", "nbytes", "page_size", "pages", "received")
+
+    def __init__(self, page_size: int, nbytes: int) -> None:
+        self.page_size = page_size
+        self.nbytes = nbytes
+        self.received = 0
+        self.pages: list[mmap.mmap] = []
+        self._page: mmap.mmap | None = None
+        self._filled = 0
+
+    @classmethod
+    def whole(cls, page_size: int, data: bytes | bytearray | memoryview) -> PageFiller:
+        """``data``, all of it at once, in pages."""
+        pages = cls(page_size, len(data))
+        pages.feed(data)
+        return pages
+
+    def feed(self, chunk: bytes | bytearray | memoryview) -> None:
+        if self.received + len(chunk) > self.nbytes:
+            raise ShortReadError(f"the remote sent more than the {self.nbytes} bytes asked")
+        view = memoryview(chunk)
+        self.received += len(view)
+        while view:
+            page = self._page
+            if page is None:
+                page = self._page = _new_page_buffer(
+                    min(self.page_size, self.nbytes - len(self.pages) * self.page_size)
+                )
+                self.pages.append(page)
+                self._filled = 0
+            n = min(len(view), len(page) - self._filled)
+            page[self._filled : self._filled + n] = view[:n]
+            self._filled += n
+            view = view[n:]
+            if self._filled == len(page):
+                self._page = None
 
 
 #: At most this many bytes of dropped pages' buffers are kept for reuse, outside every

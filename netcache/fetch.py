@@ -13,9 +13,11 @@ from typing import Any
 from fsspec import AbstractFileSystem
 
 from netcache.backends.base import Backend
-from netcache.buffers import page_buffer
+from netcache.buffers import PageFiller, page_buffer
 from netcache.cookie import FileCookie, strong_etag, version_token
 from netcache.errors import FileChangedError, ReadaheadFailed, ShortReadError
+from netcache.http import get_ranges as get_http_ranges
+from netcache.http import streams_pages
 from netcache.page import Page, PageKey, StoreState, page_keys
 from netcache.pagecache import PageCache
 from netcache.s3 import get_ranges, is_s3
@@ -46,10 +48,12 @@ class PageFetcher:
     from disk are admitted only. A remote error reaches the caller unchanged and caches
     nothing; a disk error is a miss, counted and logged once.
 
-    The remote read is pinned to the cookie's version: HTTP targets send ``If-Match``
-    with the ETag, S3 ones (s3fs) ``IfMatch`` (a changed file answers 412, raised as
+    The remote read is pinned to the cookie's version: fsspec's HTTP filesystem sends
+    ``If-Match`` with the ETag, s3fs ``IfMatch`` (a changed file answers 412, raised as
     :class:`FileChangedError`); others have their version checked again after the
-    fetch, unless the caller says files never change (``verify=False``).
+    fetch, unless the caller says files never change (``verify=False``). HTTP answers
+    are copied into pages as they arrive (:mod:`netcache.http`); other targets' answers
+    come whole, and are then cut into pages.
 
     Thread-safe with no lock of its own: the page cache's claims make each page's fetch
     single-flight, and a caller first does its own fetches, then waits for others', so no
@@ -166,8 +170,9 @@ class PageFetcher:
         pool = self._readahead_pool()
         claimed = self.page_cache.claim_missing(keys)
         items = list(claimed.items())
-        # Each request's answer sits in memory up to three times (the client's chunks, their
-        # join, the page copies), outside the budget: small budgets get smaller requests.
+        # Each request's answer sits in memory outside the budget, up to three times (the
+        # client's chunks, their join, the page copies; HTTP's: chunks and pages), so
+        # small budgets get smaller requests.
         chunk = min(READAHEAD_CHUNK_BYTES, self.page_cache.limit // 32)
         step = max(1, chunk // self.block_size)
         for i in range(0, len(items), step):
@@ -216,7 +221,7 @@ class PageFetcher:
         end = start + len(blob)
         if end < cookie.size:
             blob = blob[: len(blob) - len(blob) % self.block_size]
-        for page in self._split(cookie, start, blob):
+        for page in self._pages(cookie, start, PageFiller.whole(self.block_size, blob).pages):
             self._counters.add("retrievals.remote")
             if self.page_cache.offer(page):
                 self._store(page)
@@ -317,11 +322,13 @@ class PageFetcher:
                 runs.append((index, index))
         starts = [first * bs for first, _ in runs]
         ends = [min((last + 1) * bs, cookie.size) for _, last in runs]
-        blobs = self._remote_ranges(target, cookie, starts, ends, verify)
-        for start, end, blob in zip(starts, ends, blobs, strict=True):
-            if len(blob) != end - start:
-                blob = self._whole_file_answer(cookie, start, end, blob)
-            for page in self._split(cookie, start, blob):
+        answers = self._remote_ranges(target, cookie, starts, ends, verify)
+        for start, end, answer in zip(starts, ends, answers, strict=True):
+            if answer.received == end - start:
+                pages = self._pages(cookie, start, answer.pages)
+            else:
+                pages = self._whole_file_answer(cookie, start, end, answer)
+            for page in pages:
                 self._counters.add("retrievals.remote")
                 if self.page_cache.complete(page, claimed[page.key]):
                     self._store(page)
@@ -334,23 +341,32 @@ class PageFetcher:
         starts: list[int],
         ends: list[int],
         verify: bool,
-    ) -> list[bytes]:
+    ) -> list[PageFiller]:
+        ranges = list(zip(starts, ends, strict=True))
+        etag = strong_etag(cookie.info)
+        bs = self.block_size
         try:
-            blobs = _pinned_ranges(target, cookie, starts, ends)
-            pinned = blobs is not None
-            if blobs is None:
-                blobs = _cat_ranges(target, cookie.path, starts, ends)
+            if streams_pages(target):
+                pinned = etag is not None
+                headers = {"If-Match": etag} if etag is not None else None
+                answers = get_http_ranges(target, cookie.path, ranges, bs, headers)
+            else:
+                pinned = etag is not None and is_s3(target)
+                if pinned:
+                    blobs = [blob for _, blob in get_ranges(target, cookie.path, ranges, etag)]
+                else:
+                    blobs = _cat_ranges(target, cookie.path, starts, ends)
+                answers = [PageFiller.whole(bs, blob) for blob in blobs]
         except Exception as exc:
             self._counters.add_many({"retrievals.req": len(starts), "retrievals.err": 1})
             if getattr(exc, "status", None) == 412:
                 raise FileChangedError(f"{cookie.path} changed while open") from exc
             raise
-        self._counters.add_many(
-            {"retrievals.req": len(starts), "retrievals.rbytes": sum(map(len, blobs))}
-        )
+        nbytes = sum(answer.received for answer in answers)
+        self._counters.add_many({"retrievals.req": len(starts), "retrievals.rbytes": nbytes})
         if not pinned and verify:
             self._check_version(target, cookie)
-        return blobs
+        return answers
 
     def _check_version(self, target: AbstractFileSystem, cookie: FileCookie) -> None:
         info = target.info(cookie.path)
@@ -358,55 +374,33 @@ class PageFetcher:
             self._counters.add("retrievals.err")
             raise FileChangedError(f"{cookie.path} changed while open")
 
-    def _whole_file_answer(self, cookie: FileCookie, start: int, end: int, blob: bytes) -> bytes:
-        """A remote that ignores ranges sends the whole file: keep all of it as pages."""
-        if len(blob) != cookie.size:
+    def _whole_file_answer(
+        self, cookie: FileCookie, start: int, end: int, answer: PageFiller
+    ) -> list[Page]:
+        """A remote that ignores ranges sends the whole file: keep all of it as pages, and
+        return those of ``[start, end)``."""
+        if answer.received != cookie.size:
             self._counters.add("retrievals.err")
             raise ShortReadError(
-                f"{cookie.path}: asked for bytes {start}-{end}, the remote sent {len(blob)}"
+                f"{cookie.path}: asked for bytes {start}-{end}, the remote sent {answer.received}"
             )
-        for page in self._split(cookie, 0, blob):
-            if not start <= page.key.index * self.block_size < end and self.page_cache.offer(page):
+        asked = []
+        for page in self._pages(cookie, 0, answer.pages):
+            if start <= page.key.index * self.block_size < end:
+                asked.append(page)
+            elif self.page_cache.offer(page):
                 self._store(page)
-        return blob[start:end]
+        return asked
 
-    def _split(self, cookie: FileCookie, start: int, blob: bytes) -> list[Page]:
-        """Pages of ``blob`` (which starts at page ``start // block_size``), each copied
-        into its own buffer so that the network's buffer is not kept alive by any."""
-        bs = self.block_size
-        first = start // bs
-        view = memoryview(blob)
-        return [
-            Page(
-                PageKey(cookie.file_id, cookie.version, first + i),
-                page_buffer(view[off : off + bs]),
-            )
-            for i, off in enumerate(range(0, len(blob), bs))
-        ]
+    def _pages(self, cookie: FileCookie, start: int, buffers: list[mmap.mmap]) -> list[Page]:
+        """Pages of ``buffers``, the first one at ``start`` (a page boundary)."""
+        first = start // self.block_size
+        return [Page(PageKey(cookie.file_id, cookie.version, first + i), buf)
+                for i, buf in enumerate(buffers)]  # fmt: skip
 
     def _store(self, page: Page) -> None:
         if self.writeback is not None:
             self.writeback.submit(page)
-
-
-def _pinned_ranges(
-    target: AbstractFileSystem, cookie: FileCookie, starts: list[int], ends: list[int]
-) -> list[bytes] | None:
-    """The ranges fetched on condition that the file is still at the cookie's version
-    (its strong ETag: HTTP's ``If-Match``, S3's ``IfMatch``), or None where the
-    target takes no such condition: the caller then checks the version after."""
-    etag = strong_etag(cookie.info)
-    if etag is None:
-        return None
-    if is_s3(target):
-        answers = get_ranges(target, cookie.path, list(zip(starts, ends, strict=True)), etag)
-        return [blob for _, blob in answers]
-    protocol = target.protocol if isinstance(target.protocol, str) else target.protocol[0]
-    if protocol not in ("http", "https"):
-        return None
-    headers = dict(getattr(target, "kwargs", {}).get("headers") or {})
-    headers["If-Match"] = etag
-    return _cat_ranges(target, cookie.path, starts, ends, headers=headers)
 
 
 def _cat_ranges(
