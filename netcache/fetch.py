@@ -20,7 +20,8 @@ from netcache.http import get_ranges as get_http_ranges
 from netcache.http import streams_pages
 from netcache.page import Page, PageKey, StoreState, page_keys
 from netcache.pagecache import PageCache
-from netcache.s3 import get_ranges, is_s3
+from netcache.s3 import get_ranges as get_s3_ranges
+from netcache.s3 import is_s3
 from netcache.stats import Counters
 from netcache.warnonce import WarnOnce
 from netcache.writeback import WritebackQueue
@@ -51,9 +52,9 @@ class PageFetcher:
     The remote read is pinned to the cookie's version: fsspec's HTTP filesystem sends
     ``If-Match`` with the ETag, s3fs ``IfMatch`` (a changed file answers 412, raised as
     :class:`FileChangedError`); others have their version checked again after the
-    fetch, unless the caller says files never change (``verify=False``). HTTP answers
-    are copied into pages as they arrive (:mod:`netcache.http`); other targets' answers
-    come whole, and are then cut into pages.
+    fetch, unless the caller says files never change (``verify=False``). HTTP and S3
+    answers are copied into pages as they arrive (:mod:`netcache.http`,
+    :mod:`netcache.s3`); other targets' answers come whole, and are then cut into pages.
 
     Thread-safe with no lock of its own: the page cache's claims make each page's fetch
     single-flight, and a caller first does its own fetches, then waits for others', so no
@@ -171,7 +172,7 @@ class PageFetcher:
         claimed = self.page_cache.claim_missing(keys)
         items = list(claimed.items())
         # Each request's answer sits in memory outside the budget, up to three times (the
-        # client's chunks, their join, the page copies; HTTP's: chunks and pages), so
+        # client's chunks, their join, the page copies; HTTP and S3: chunks and pages), so
         # small budgets get smaller requests.
         chunk = min(READAHEAD_CHUNK_BYTES, self.page_cache.limit // 32)
         step = max(1, chunk // self.block_size)
@@ -208,20 +209,20 @@ class PageFetcher:
         """Read a file whose size the remote does not report, once, into pages."""
         data = target.cat_file(cookie.path)
         cookie = cookie.with_size(len(data))
-        self.offer_blob(cookie, 0, data)
+        self.offer_pages(cookie, 0, PageFiller.whole(self.block_size, data))
         return cookie
 
-    def offer_blob(self, cookie: FileCookie, start: int, blob: bytes) -> None:
-        """Admit the pages of ``blob`` (bytes of ``cookie`` from ``start``, a page
+    def offer_pages(self, cookie: FileCookie, start: int, answer: PageFiller) -> None:
+        """Admit the pages of ``answer`` (bytes of ``cookie`` from ``start``, a page
         boundary, that no reader claimed: a whole-file answer, a first look) that it
         holds whole, or up to the end of the file; the pages already resident or being
         fetched are left as they are. Counted as one request."""
         assert cookie.size is not None and start % self.block_size == 0
-        self._counters.add_many({"retrievals.req": 1, "retrievals.rbytes": len(blob)})
-        end = start + len(blob)
-        if end < cookie.size:
-            blob = blob[: len(blob) - len(blob) % self.block_size]
-        for page in self._pages(cookie, start, PageFiller.whole(self.block_size, blob).pages):
+        self._counters.add_many({"retrievals.req": 1, "retrievals.rbytes": answer.received})
+        buffers = answer.pages
+        if start + answer.received < cookie.size:
+            buffers = buffers[: answer.received // self.block_size]
+        for page in self._pages(cookie, start, buffers):
             self._counters.add("retrievals.remote")
             if self.page_cache.offer(page):
                 self._store(page)
@@ -350,12 +351,12 @@ class PageFetcher:
                 pinned = etag is not None
                 headers = {"If-Match": etag} if etag is not None else None
                 answers = get_http_ranges(target, cookie.path, ranges, bs, headers)
+            elif etag is not None and is_s3(target):
+                pinned = True
+                answers = [a for _, a in get_s3_ranges(target, cookie.path, ranges, bs, etag)]
             else:
-                pinned = etag is not None and is_s3(target)
-                if pinned:
-                    blobs = [blob for _, blob in get_ranges(target, cookie.path, ranges, etag)]
-                else:
-                    blobs = _cat_ranges(target, cookie.path, starts, ends)
+                pinned = False
+                blobs = _cat_ranges(target, cookie.path, starts, ends)
                 answers = [PageFiller.whole(bs, blob) for blob in blobs]
         except Exception as exc:
             self._counters.add_many({"retrievals.req": len(starts), "retrievals.err": 1})

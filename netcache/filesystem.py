@@ -15,6 +15,7 @@ from fsspec.implementations.chained import ChainedFileSystem
 from fsspec.spec import AbstractBufferedFile
 
 from netcache.backends.base import Backend, DiskUsage
+from netcache.buffers import PageFiller
 from netcache.context import (
     DEFAULT_BLOCK_SIZE,
     DEFAULT_CHECK_INTERVAL,
@@ -192,11 +193,11 @@ class NetCacheFileSystem(ChainedFileSystem):
         """The version of ``path`` to read. ``reading``: bytes from the start of the file
         are about to be read, so a first open may fetch them with the version."""
         context = self.context
-        looked: list[bytes] = []
+        looked: list[PageFiller] = []
 
         def look(tpath: str) -> dict[str, Any]:
             nbytes = max(1, FIRST_LOOK_BYTES // self.config.block_size) * self.config.block_size
-            answer = first_look(self.fs, tpath, nbytes)
+            answer = first_look(self.fs, tpath, nbytes, self.config.block_size)
             if answer is None:
                 return self.fs.info(tpath)
             looked.append(answer[1])
@@ -211,7 +212,7 @@ class NetCacheFileSystem(ChainedFileSystem):
             first_look=look if reading else None,
         )
         if looked:  # the cookie was made from that very answer: its bytes are this version's
-            context.fetcher.offer_blob(cookie, 0, looked[0])
+            context.fetcher.offer_pages(cookie, 0, looked[0])
         if cookie.size is None:
             cookie = context.fetcher.load_whole(self.fs, cookie)
             context.cookies.sized(cookie)

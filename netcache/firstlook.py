@@ -15,6 +15,7 @@ fsspec gives them, at the cost of a second request on that path only.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import sys
 from typing import TYPE_CHECKING, Any
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from fsspec import AbstractFileSystem
 from fsspec.asyn import sync
 
+from netcache.buffers import PageFiller
 from netcache.s3 import get_ranges, is_s3
 
 if TYPE_CHECKING:
@@ -35,11 +37,12 @@ _CONTENT_RANGE = re.compile(r"bytes 0-(\d+)/(\d+)")
 
 
 def first_look(
-    target: AbstractFileSystem, path: str, nbytes: int
-) -> tuple[dict[str, Any], bytes] | None:
-    """``(info, first bytes)`` of ``path`` (at most ``nbytes``, all of a smaller file),
-    or None where the target offers no such request or the answer is not plain; raises
-    ``FileNotFoundError`` if there is no such file."""
+    target: AbstractFileSystem, path: str, nbytes: int, page_size: int
+) -> tuple[dict[str, Any], PageFiller] | None:
+    """``(info, first bytes)`` of ``path`` (at most ``nbytes``, all of a smaller file, in
+    pages of ``page_size`` as they arrive), or None where the target offers no such
+    request or the answer is not plain; raises ``FileNotFoundError`` if there is no
+    such file."""
     if nbytes <= 0:
         return None
     # fsspec's HTTP module (and aiohttp) is loaded by an HTTP target already, and not
@@ -47,9 +50,9 @@ def first_look(
     http = sys.modules.get("fsspec.implementations.http")
     try:
         if http is not None and isinstance(target, http.HTTPFileSystem):
-            return sync(target.loop, _http_first_look, target, path, nbytes)  # type: ignore[no-any-return]
+            return sync(target.loop, _http_first_look, target, path, nbytes, page_size)  # type: ignore[no-any-return]
         if is_s3(target):
-            return _s3_first_look(target, path, nbytes)
+            return _s3_first_look(target, path, nbytes, page_size)
     except FileNotFoundError:  # as info() would say it: asking again costs a request
         raise
     except Exception:  # the caller's info() raises the error in fsspec's own form
@@ -57,18 +60,20 @@ def first_look(
     return None
 
 
-def _s3_first_look(target: Any, path: str, nbytes: int) -> tuple[dict[str, Any], bytes] | None:
+def _s3_first_look(
+    target: Any, path: str, nbytes: int, page_size: int
+) -> tuple[dict[str, Any], PageFiller] | None:
     """A GetObject of the first bytes: its answer says what s3fs's HEAD-based ``info()``
     does (an empty object answers a range with an error: ``info()`` then)."""
     try:
-        answer, body = get_ranges(target, path, [(0, nbytes)])[0]
+        answer, body = get_ranges(target, path, [(0, nbytes)], page_size)[0]
     except FileNotFoundError:
         # no such object: a prefix of others is a folder, as info() would find by listing
         if target.isdir(path):
-            return {"name": path, "size": 0, "type": "directory"}, b""
+            return {"name": path, "size": 0, "type": "directory"}, PageFiller(page_size, 0)
         raise
     match = _CONTENT_RANGE.fullmatch(answer.get("ContentRange") or "")
-    if match is None or len(body) != min(int(match[1]) + 1, nbytes):
+    if match is None or body.received != min(int(match[1]) + 1, nbytes):
         return None
     bucket, key, _ = target.split_path(path)
     # the fields s3fs's info() takes from a HEAD, so that a recheck finds this version
@@ -86,8 +91,8 @@ def _s3_first_look(target: Any, path: str, nbytes: int) -> tuple[dict[str, Any],
 
 
 async def _http_first_look(
-    target: HTTPFileSystem, path: str, nbytes: int
-) -> tuple[dict[str, Any], bytes] | None:
+    target: HTTPFileSystem, path: str, nbytes: int, page_size: int
+) -> tuple[dict[str, Any], PageFiller] | None:
     session = await target.set_session()
     kwargs = dict(target.kwargs)
     headers = dict(kwargs.pop("headers", None) or {})
@@ -108,9 +113,14 @@ async def _http_first_look(
             want = min(size, nbytes)
         else:
             return None
-        # readexactly stops at ``want``: the rest of an unranged answer is never read
-        # (leaving the block closes the connection instead of draining it)
-        body = await r.content.readexactly(want) if want else b""
+        # reading stops at ``want``: the rest of an unranged answer is left unread (leaving
+        # the block closes the connection instead of draining it)
+        body = PageFiller(page_size, want)
+        while body.received < want:
+            chunk = await r.content.readany()
+            if not chunk:
+                raise asyncio.IncompleteReadError(b"", want)  # a short body: info() then
+            body.feed(memoryview(chunk)[: want - body.received])
         info: dict[str, Any] = {"name": path, "size": size, "type": "file", "url": str(r.url)}
         if "Content-Type" in r.headers:
             info["mimetype"] = r.headers["Content-Type"].partition(";")[0]

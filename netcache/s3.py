@@ -19,6 +19,7 @@ from typing import Any
 from fsspec import AbstractFileSystem
 from fsspec.asyn import sync
 
+from netcache.buffers import PageFiller
 from netcache.errors import FileChangedError
 
 #: Requests in flight at once per call, unless the target sets ``batch_size`` (as s3fs's
@@ -36,19 +37,26 @@ def get_ranges(
     target: AbstractFileSystem,
     path: str,
     ranges: list[tuple[int, int]],
+    page_size: int,
     if_match: str | None = None,
-) -> list[tuple[dict[str, Any], bytes]]:
-    """``(answer headers, bytes)`` of each ``[start, end)`` of ``path``, requested
+) -> list[tuple[dict[str, Any], PageFiller]]:
+    """``(answer headers, pages)`` of each ``[start, end)`` of ``path``, requested
     concurrently on the target's event loop (``MAX_CONCURRENT_REQUESTS`` at a time, or
-    the target's ``batch_size``). With ``if_match``, an object whose ETag is another
-    raises :class:`FileChangedError`; other errors are s3fs's own (a missing object is
+    the target's ``batch_size``). Each body is read a page at a time into pages of
+    ``page_size`` as it arrives, not joined into one ``bytes`` first (see
+    :mod:`netcache.http`). With ``if_match``, an object whose ETag is another raises
+    :class:`FileChangedError`; other errors are s3fs's own (a missing object is
     ``FileNotFoundError``)."""
-    return sync(target.loop, _get_ranges, target, path, ranges, if_match)  # type: ignore[no-any-return]
+    return sync(target.loop, _get_ranges, target, path, ranges, page_size, if_match)  # type: ignore[no-any-return]
 
 
 async def _get_ranges(
-    target: Any, path: str, ranges: list[tuple[int, int]], if_match: str | None
-) -> list[tuple[dict[str, Any], bytes]]:
+    target: Any,
+    path: str,
+    ranges: list[tuple[int, int]],
+    page_size: int,
+    if_match: str | None,
+) -> list[tuple[dict[str, Any], PageFiller]]:
     bucket, key, version = target.split_path(path)
     condition: dict[str, str] = {}
     if version:
@@ -58,21 +66,24 @@ async def _get_ranges(
 
     gate = asyncio.Semaphore(getattr(target, "batch_size", None) or MAX_CONCURRENT_REQUESTS)
 
-    async def request(start: int, end: int) -> tuple[dict[str, Any], bytes]:
+    async def request(start: int, end: int) -> tuple[dict[str, Any], PageFiller]:
         # s3fs's own request path: its options, retries and error translation
         answer = await target._call_s3(
             "get_object", Bucket=bucket, Key=key, Range=f"bytes={start}-{end - 1}", **condition
         )
         body = answer.pop("Body")
         try:
-            return answer, await body.read()
+            pages = PageFiller(page_size, end - start)
+            while chunk := await body.read(page_size):  # the body checks its length at the end
+                pages.feed(chunk)
+            return answer, pages
         finally:
             body.close()
 
     # and, as s3fs's cat_file does, the request made again when the body breaks off
     retry = getattr(sys.modules["s3fs.core"], "_error_wrapper", None)
 
-    async def one(start: int, end: int) -> tuple[dict[str, Any], bytes]:
+    async def one(start: int, end: int) -> tuple[dict[str, Any], PageFiller]:
         async with gate:
             try:
                 if retry is None:

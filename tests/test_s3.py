@@ -204,11 +204,11 @@ def test_the_first_look_names_the_version_a_head_names(s3: dict, tmp_path) -> No
         path = f"{bucket}/obj.bin"
         data = payload(2 * BS, 22)
         target.pipe_file(path, data)
-        looked = first_look(target, path, FIRST_LOOK_BYTES)
+        looked = first_look(target, path, FIRST_LOOK_BYTES, BS)
         assert looked is not None
         info, body = looked
         head = target.info(path, refresh=True)
-        assert body == data and info["size"] == len(data) == head["size"]
+        assert b"".join(body.pages) == data and info["size"] == len(data) == head["size"]
         assert version_token(info) == version_token(head)
         assert (info["VersionId"] is not None) == versioned
 
@@ -245,6 +245,31 @@ def test_fetches_are_pinned_with_if_match_not_a_head_after(s3: dict, tmp_path, c
     pinned = [kwargs for method, kwargs in calls[1:]]
     assert all(kwargs["IfMatch"] == etag for kwargs in pinned)
     assert pinned[0]["Range"] == f"bytes={FIRST_LOOK_BYTES + BS}-{FIRST_LOOK_BYTES + 3 * BS - 1}"
+
+
+def test_answers_go_into_pages_as_they_arrive(s3: dict, tmp_path, monkeypatch) -> None:  # type: ignore[type-arg, no-untyped-def]
+    """A ranged answer is read at most a page at a time into its pages, never joined
+    into one ``bytes`` of the whole range first."""
+    from netcache.buffers import PageFiller
+
+    fed: list[int] = []
+    feed = PageFiller.feed
+
+    def counted(self: PageFiller, chunk: bytes) -> None:
+        fed.append(len(chunk))
+        feed(self, chunk)
+
+    monkeypatch.setattr(PageFiller, "feed", counted)
+    data = payload(FIRST_LOOK_BYTES + 6 * BS + 5, 27)
+    path = f"{s3['bucket']}/streamed.bin"
+    fs = make(s3, str(tmp_path / "c"), readahead=False)
+    fs.fs.pipe_file(path, data)
+    fs.info(path)
+    fed.clear()
+    lo, hi = FIRST_LOOK_BYTES + BS // 2, len(data)
+    assert fs.cat_file(path, lo, hi) == data[lo:hi]
+    assert sum(fed) == len(data) - FIRST_LOOK_BYTES  # the pages of the range, once
+    assert len(fed) >= 6 and max(fed) <= BS
 
 
 def test_an_object_replaced_while_open_is_never_read_in_part(s3: dict, tmp_path) -> None:  # type: ignore[type-arg, no-untyped-def]
@@ -322,11 +347,15 @@ def test_a_body_that_breaks_off_is_asked_for_again(s3: dict, tmp_path, monkeypat
     call = s3fs.S3FileSystem._call_s3
     gets = 0
 
-    class Breaking:  # the connection drops after the headers, once
+    class Breaking:  # the connection drops after the first bytes, once
         def __init__(self, body):  # type: ignore[no-untyped-def]
             self.body = body
+            self.reads = 0
 
-        async def read(self):  # type: ignore[no-untyped-def]
+        async def read(self, amt=None):  # type: ignore[no-untyped-def]
+            self.reads += 1
+            if self.reads == 1:
+                return await self.body.read(1000)
             raise ClientPayloadError("connection lost mid-body")
 
         def close(self) -> None:
