@@ -14,15 +14,13 @@ for others.
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from typing import Any
 
 from fsspec import AbstractFileSystem
-from fsspec.asyn import sync
+from fsspec.asyn import _run_coros_in_chunks, sync
 
 from netcache.buffers import PageFiller
-from netcache.s3 import MAX_CONCURRENT_REQUESTS
 
 
 def streams_pages(target: AbstractFileSystem) -> bool:
@@ -44,8 +42,8 @@ def get_ranges(
     headers: dict[str, str] | None = None,
 ) -> list[PageFiller]:
     """Each ``[start, end)`` of ``path`` in pages of ``page_size`` from ``start``,
-    requested concurrently (``MAX_CONCURRENT_REQUESTS`` at a time, or the target's
-    ``batch_size``) with ``headers`` added. A server that ignores the range answers
+    requested concurrently as fsspec's ``cat_ranges`` does (the target's
+    ``batch_size``, or fsspec's) with ``headers`` added. A server that ignores the range answers
     with the whole file: those pages start at 0, and ``nbytes`` says so. Errors are
     fsspec's (a 404 is ``FileNotFoundError``, another status aiohttp's
     ``ClientResponseError`` with its ``status``); every request ends before the
@@ -64,15 +62,10 @@ async def _get_ranges(
     base = {**(options.pop("headers", None) or {}), **headers}
     session = await target.set_session()
     url = target.encode_url(path)
-    gate = asyncio.Semaphore(getattr(target, "batch_size", None) or MAX_CONCURRENT_REQUESTS)
 
     async def one(start: int, end: int) -> PageFiller:
-        async with (
-            gate,
-            session.get(
-                url, headers={**base, "Range": f"bytes={start}-{end - 1}"}, **options
-            ) as answer,
-        ):
+        ranged = {**base, "Range": f"bytes={start}-{end - 1}"}
+        async with session.get(url, headers=ranged, **options) as answer:
             target._raise_not_found_for_status(answer, path)
             if answer.status != 206:  # the whole file: its size is only known at the end
                 return PageFiller.whole(page_size, await answer.read())
@@ -81,8 +74,10 @@ async def _get_ranges(
                 pages.feed(chunk)
             return pages
 
-    answers = await asyncio.gather(*(one(start, end) for start, end in ranges),
-                                   return_exceptions=True)  # fmt: skip
+    # fsspec's own batching, as its _cat_ranges runs these requests
+    answers = await _run_coros_in_chunks([one(start, end) for start, end in ranges],
+                                         batch_size=target.batch_size, nofiles=True,
+                                         return_exceptions=True)  # fmt: skip
     for answer in answers:
         if isinstance(answer, BaseException):
             raise answer
