@@ -41,13 +41,13 @@ def get_ranges(
     page_size: int,
     headers: dict[str, str] | None = None,
 ) -> list[PageFiller]:
-    """Each ``[start, end)`` of ``path`` in pages of ``page_size`` from ``start``,
-    requested concurrently as fsspec's ``cat_ranges`` does (the target's
-    ``batch_size``, or fsspec's) with ``headers`` added. A server that ignores the range answers
-    with the whole file: those pages start at 0, and ``nbytes`` says so. Errors are
-    fsspec's (a 404 is ``FileNotFoundError``, another status aiohttp's
-    ``ClientResponseError`` with its ``status``); every request ends before the
-    first is raised."""
+    """Each ``[start, end)`` of ``path`` in pages of ``page_size``, requested
+    concurrently as fsspec's ``cat_ranges`` does (in the target's ``batch_size``, or
+    fsspec's) with ``headers`` added. An answer's pages hold what the server sent, from
+    the start of the range: ``received`` says how much (a server that ignores ranges
+    sends the whole file, from 0). Errors are fsspec's (a 404 is ``FileNotFoundError``,
+    another status aiohttp's ``ClientResponseError`` with its ``status``); every
+    request ends before the first is raised."""
     return sync(target.loop, _get_ranges, target, path, ranges, page_size, headers or {})  # type: ignore[no-any-return]
 
 
@@ -67,9 +67,14 @@ async def _get_ranges(
         ranged = {**base, "Range": f"bytes={start}-{end - 1}"}
         async with session.get(url, headers=ranged, **options) as answer:
             target._raise_not_found_for_status(answer, path)
-            if answer.status != 206:  # the whole file: its size is only known at the end
+            nbytes = answer.content_length
+            if nbytes is None or answer.headers.get("Content-Encoding", "identity") != "identity":
+                # its length is known at the end only (chunked, or decoded as it comes)
                 return PageFiller.whole(page_size, await answer.read())
-            pages = PageFiller(page_size, end - start)
+            # sized as the answer says (the caller compares it with what was asked): a
+            # shorter answer, or the whole file for a server that ignores ranges, is then
+            # in pages of its own length
+            pages = PageFiller(page_size, nbytes)
             async for chunk in answer.content.iter_any():
                 pages.feed(chunk)
             return pages

@@ -73,7 +73,8 @@ async def _get_ranges(
         )
         body = answer.pop("Body")
         try:
-            pages = PageFiller(page_size, end - start)
+            # sized as the answer says: S3 answers a range beyond the end with fewer bytes
+            pages = PageFiller(page_size, answer.get("ContentLength", end - start))
             while chunk := await body.read(page_size):  # the body checks its length at the end
                 pages.feed(chunk)
             return answer, pages

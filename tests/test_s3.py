@@ -202,12 +202,13 @@ def test_the_first_look_names_the_version_a_head_names(s3: dict, tmp_path) -> No
             target.call_s3("put_bucket_versioning", Bucket=bucket,
                            VersioningConfiguration={"Status": "Enabled"})  # fmt: skip
         path = f"{bucket}/obj.bin"
-        data = payload(2 * BS, 22)
+        data = payload(2 * BS + 7, 22)  # less than asked for, and not whole pages
         target.pipe_file(path, data)
         looked = first_look(target, path, FIRST_LOOK_BYTES, BS)
         assert looked is not None
         info, body = looked
         head = target.info(path, refresh=True)
+        assert [len(page) for page in body.pages] == [BS, BS, 7]
         assert b"".join(body.pages) == data and info["size"] == len(data) == head["size"]
         assert version_token(info) == version_token(head)
         assert (info["VersionId"] is not None) == versioned
