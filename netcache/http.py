@@ -24,14 +24,19 @@ from fsspec.asyn import _run_coros_in_chunks, sync
 from netcache.buffers import PageFiller
 
 
+def is_http(target: AbstractFileSystem) -> bool:
+    """Whether ``target`` is fsspec's HTTP filesystem, or a subclass of it."""
+    http = sys.modules.get("fsspec.implementations.http")
+    return http is not None and isinstance(target, http.HTTPFileSystem)
+
+
 def streams_pages(target: AbstractFileSystem) -> bool:
     """Whether ``target`` is fsspec's HTTP filesystem with fsspec's own ``_cat_file``
     (a subclass that makes its requests otherwise keeps them: its ``cat_file`` is used)."""
-    http = sys.modules.get("fsspec.implementations.http")
     return (
-        http is not None
-        and isinstance(target, http.HTTPFileSystem)
-        and type(target)._cat_file is http.HTTPFileSystem._cat_file
+        is_http(target)
+        and type(target)._cat_file
+        is sys.modules["fsspec.implementations.http"].HTTPFileSystem._cat_file
     )
 
 

@@ -73,13 +73,15 @@ def test_only_fsspecs_own_requests_are_streamed(monkeypatch: pytest.MonkeyPatch)
             )
             before = dict(calls, signing=SigningHTTP.requests)
             assert fs.cat_file(url, BS - 5, 4 * BS + 3) == data[BS - 5 : 4 * BS + 3]
+            heads = srv.heads  # the version is known: no fetch needs a HEAD after it
             assert fs.cat_file(url) == data
             signed = SigningHTTP.requests - before["signing"]
             through_fsspec = calls["fsspec"] - before["fsspec"]
             if target is own:  # streamed: fsspec's _cat_file made no request
                 assert (signed, through_fsspec) == (0, 0) and srv.gets >= 2
-            else:  # every request through the subclass's own _cat_file
+            else:  # every request through the subclass's own _cat_file, still pinned
                 assert signed >= 2 and through_fsspec == signed
+            assert srv.heads == heads
             netcache.close_all()
 
 
