@@ -112,7 +112,8 @@ class _Kept:
     Locking: one lock, held only for a few list and integer operations. ``recycle`` runs
     in ``Page.__del__``, on whatever thread drops a page, which may be inside this very
     lock (a garbage collection can run anywhere), so it only tries the lock and lets the
-    buffer go when it is taken; nothing ever waits for it but ``page_buffer`` and
+    buffer go when it is taken; nothing ever waits for it but new page buffers
+    (``page_buffer``, ``PageFiller``, on any thread or an event loop) and
     ``drop_recycled``, which hold it for microseconds.
     """
 
