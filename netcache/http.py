@@ -33,11 +33,10 @@ def is_http(target: AbstractFileSystem) -> bool:
 def streams_pages(target: AbstractFileSystem) -> bool:
     """Whether ``target`` is fsspec's HTTP filesystem with fsspec's own ``_cat_file``
     (a subclass that makes its requests otherwise keeps them: its ``cat_file`` is used)."""
-    return (
-        is_http(target)
-        and type(target)._cat_file
-        is sys.modules["fsspec.implementations.http"].HTTPFileSystem._cat_file
-    )
+    if not is_http(target):
+        return False
+    fsspecs_own = sys.modules["fsspec.implementations.http"].HTTPFileSystem._cat_file
+    return type(target)._cat_file is fsspecs_own
 
 
 def get_ranges(
