@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import re
-import sys
 from typing import TYPE_CHECKING, Any
 
 from fsspec import AbstractFileSystem
 from fsspec.asyn import sync
 
 from netcache.buffers import PageFiller
+from netcache.http import is_http
 from netcache.s3 import get_ranges, is_s3
 
 if TYPE_CHECKING:
@@ -45,11 +45,8 @@ def first_look(
     such file."""
     if nbytes <= 0:
         return None
-    # fsspec's HTTP module (and aiohttp) is loaded by an HTTP target already, and not
-    # loaded here for others: importing netcache stays free of it
-    http = sys.modules.get("fsspec.implementations.http")
     try:
-        if http is not None and isinstance(target, http.HTTPFileSystem):
+        if is_http(target):
             return sync(target.loop, _http_first_look, target, path, nbytes, page_size)  # type: ignore[no-any-return]
         if is_s3(target):
             return _s3_first_look(target, path, nbytes, page_size)
