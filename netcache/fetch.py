@@ -17,7 +17,7 @@ from netcache.buffers import PageFiller, page_buffer
 from netcache.cookie import FileCookie, strong_etag, version_token
 from netcache.errors import FileChangedError, ReadaheadFailed, ShortReadError
 from netcache.http import get_ranges as get_http_ranges
-from netcache.http import is_http, streams_pages
+from netcache.http import if_match_headers, is_http, streams_pages
 from netcache.page import Page, PageKey, StoreState, page_keys
 from netcache.pagecache import PageCache
 from netcache.s3 import get_ranges as get_s3_ranges
@@ -351,16 +351,15 @@ class PageFetcher:
         try:
             if pinned and s3:
                 answers = [a for _, a in get_s3_ranges(target, cookie.path, ranges, bs, etag)]
-            elif streams_pages(target):
-                headers = {"If-Match": etag} if pinned else None
-                answers = get_http_ranges(target, cookie.path, ranges, bs, headers)
             else:
-                options: dict[str, Any] = {}
-                if pinned:  # an HTTP subclass making its own requests: it takes headers too
-                    own = getattr(target, "kwargs", {}).get("headers") or {}
-                    options["headers"] = {**own, "If-Match": etag}
-                blobs = _cat_ranges(target, cookie.path, starts, ends, **options)
-                answers = [PageFiller.whole(bs, blob) for blob in blobs]
+                # HTTP is pinned by a header whoever makes the request: fsspec's own
+                # HTTPFileSystem (streamed here), or a subclass with its own requests
+                options = {"headers": if_match_headers(target, etag)} if pinned else {}
+                if streams_pages(target):
+                    answers = get_http_ranges(target, cookie.path, ranges, bs, **options)
+                else:
+                    blobs = _cat_ranges(target, cookie.path, starts, ends, **options)
+                    answers = [PageFiller.whole(bs, blob) for blob in blobs]
         except Exception as exc:
             self._counters.add_many({"retrievals.req": len(starts), "retrievals.err": 1})
             if getattr(exc, "status", None) == 412:

@@ -39,6 +39,13 @@ def streams_pages(target: AbstractFileSystem) -> bool:
     return type(target)._cat_file is fsspecs_own
 
 
+def if_match_headers(target: AbstractFileSystem, etag: str) -> dict[str, str]:
+    """The target's own headers with ``If-Match: etag``: headers given to fsspec's
+    ``cat_file`` replace the target's, so they go together."""
+    own = getattr(target, "kwargs", {}).get("headers") or {}
+    return {**own, "If-Match": etag}
+
+
 def get_ranges(
     target: AbstractFileSystem,
     path: str,
