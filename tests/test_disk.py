@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import errno
 import logging
 import mmap
 import os
@@ -731,7 +732,75 @@ def test_a_hint_from_a_segment_s_first_page_covers_its_header_table(
                                (names[1], 0, table + 2 * BS)]  # fmt: skip
 
 
-def test_a_hint_reads_its_span_through_the_page_cache_and_stops_at_the_end(
+_PREADV = os.preadv
+
+
+def _cached(fd: int, length: int) -> int:
+    """Bytes from the start of ``fd`` readable without touching the disk."""
+    try:
+        return _PREADV(fd, [bytearray(length)], 0, os.RWF_NOWAIT)
+    except BlockingIOError:
+        return 0
+
+
+@pytest.mark.skipif(not hasattr(os, "RWF_NOWAIT"), reason="needs preadv2's RWF_NOWAIT")
+def test_a_hint_reads_its_span_into_the_page_cache_with_sendfile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "segment"
+    path.write_bytes(os.urandom(3 * MiB + 5))
+    sent: list[tuple[int, int, int]] = []
+    sendfile = os.sendfile
+
+    def recording(out: int, fd: int, offset: int, count: int) -> int:
+        n = sendfile(out, fd, offset, count)
+        sent.append((offset, count, n))
+        return n
+
+    monkeypatch.setattr(os, "sendfile", recording)
+    monkeypatch.setattr(os, "preadv", None)  # no copying out
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        if _cached(fd, 3 * MiB) == 3 * MiB:
+            pytest.skip("this filesystem keeps files in memory (tmpfs?)")
+        directory._read_through(fd, 0, 3 * MiB)
+        assert sent and sent[0][:2] == (0, 3 * MiB)
+        assert _cached(fd, 3 * MiB) == 3 * MiB
+        sent.clear()
+        directory._read_through(fd, 3 * MiB, 4 * MiB)  # past the end: stops there
+        assert [(offset, got) for offset, _, got in sent] == [(3 * MiB, 5), (3 * MiB + 5, 0)]
+    finally:
+        os.close(fd)
+
+
+def test_a_hint_copies_where_sendfile_is_refused_and_stops_asking(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "segment"
+    path.write_bytes(bytes(3 * MiB))
+    refused: list[int] = []
+
+    def no_sendfile(out: int, fd: int, offset: int, count: int) -> int:
+        refused.append(offset)
+        raise OSError(errno.ENOTSOCK, "not a socket")
+
+    copied: list[tuple[int, int]] = []
+    monkeypatch.setattr(os, "sendfile", no_sendfile)
+    monkeypatch.setattr(directory, "_copy_through", lambda fd, start, n: copied.append((start, n)))
+    monkeypatch.setattr(directory, "_hint_sink", directory._HintSink())
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        directory._read_through(fd, 4096, MiB)
+        directory._read_through(fd, 2 * MiB, MiB)
+    finally:
+        os.close(fd)
+    assert refused == [4096]  # asked once, then never again
+    assert copied == [(4096, MiB), (2 * MiB, MiB)]
+
+
+def test_a_copying_hint_reads_its_span_through_the_page_cache_and_stops_at_the_end(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "segment"
@@ -749,12 +818,12 @@ def test_a_hint_reads_its_span_through_the_page_cache_and_stops_at_the_end(
     monkeypatch.setattr(os, "preadv", recording)
     fd = os.open(path, os.O_RDONLY)
     try:
-        directory._read_through(fd, 4096, 2 * MiB + 100)
+        directory._copy_through(fd, 4096, 2 * MiB + 100)
         spans = [(offset, asked) for offset, asked, _ in reads]
         # the whole span, in order, a buffer at a time (never more than asked for)
         assert spans == [(4096, MiB), (4096 + MiB, MiB), (4096 + 2 * MiB, 100)]
         reads.clear()
-        directory._read_through(fd, 3 * MiB, 4 * MiB)  # past the end: stops there
+        directory._copy_through(fd, 3 * MiB, 4 * MiB)  # past the end: stops there
         assert [(offset, got) for offset, _, got in reads] == [(3 * MiB, 5), (3 * MiB + 5, 0)]
         # into page-aligned memory: the kernel copies into a bytearray's (16 bytes into a
         # page) several times slower

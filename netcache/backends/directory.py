@@ -57,7 +57,8 @@ _MAX_CREATED = 1 << 16
 # read-ahead put in the OS page cache a large folio at a time (a new process reading
 # 256 MiB from disk: ~20% faster without it, with the read-through hint below).
 _MAP_FLAGS = mmap.MAP_PRIVATE
-#: Bytes a read-through hint reads at a time (into a buffer of each read-ahead thread's).
+#: Bytes a hint copies at a time where it cannot use sendfile (into a buffer of each
+#: read-ahead thread's).
 _HINT_READ_BYTES = 1 << 20
 _O_DIRECT: int = getattr(os, "O_DIRECT", 0)
 #: What O_DIRECT asks of offsets and lengths (the logical block size of the devices in
@@ -75,9 +76,60 @@ def _map_file(fd: int, offset: int, length: int) -> memoryview:
 
 
 _hint_buffers = threading.local()
+#: sendfile's errors where it cannot send a file to /dev/null (not Linux, say): hints
+#: then copy into a buffer instead.
+_NO_SENDFILE = frozenset({errno.EINVAL, errno.ENOSYS, errno.ENOTSOCK, errno.EOPNOTSUPP,
+                          errno.EBADF})  # fmt: skip
+
+
+class _HintSink:
+    """Where hints send what they read: /dev/null, through ``sendfile``, opened once per
+    process. Locking: a lock only around opening it; ``fd`` is -1 once sendfile to it
+    has been refused, for good."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.fd: int | None = None if hasattr(os, "sendfile") else -1
+
+    def open(self) -> int:
+        with self.lock:
+            if self.fd is None:
+                try:
+                    self.fd = os.open(os.devnull, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
+                except OSError:
+                    self.fd = -1
+            return self.fd
+
+
+_hint_sink = _HintSink()
 
 
 def _read_through(fd: int, start: int, length: int) -> None:
+    """Read ``length`` bytes of ``fd`` from ``start`` into the OS page cache.
+
+    ``sendfile`` to /dev/null reads them through the page cache, with the kernel's
+    sequential read-ahead in large folios, and copies nothing out (a new process read
+    256 MiB from disk 1.35x faster than copying each MiB into a buffer, median of 3
+    alternated pairs). Where that is refused, they are copied into a buffer instead."""
+    sink = _hint_sink.fd if _hint_sink.fd is not None else _hint_sink.open()
+    if sink >= 0:
+        end = start + length
+        try:
+            while start < end:
+                n = os.sendfile(sink, fd, start, end - start)
+                if n <= 0:
+                    return  # the segment ends sooner (a page not stored)
+                start += n
+            return
+        except OSError as exc:
+            if exc.errno not in _NO_SENDFILE:
+                raise
+            _hint_sink.fd = -1
+        length = end - start
+    _copy_through(fd, start, length)
+
+
+def _copy_through(fd: int, start: int, length: int) -> None:
     """Read ``length`` bytes of ``fd`` from ``start`` into the OS page cache, through a
     buffer of the calling thread's (reused: fresh memory costs more than the read).
 
