@@ -138,8 +138,8 @@ def page_cache_reads(repeat: int, folder: str) -> dict[str, list[float]]:
     """Microseconds per MiB read from a file in the OS page cache into a buffer that is
     page-aligned, or 16 bytes into a page as a large ``bytearray`` is (malloc's header):
     the kernel's copy slows down when its loads and stores are 16 bytes apart in their
-    pages (4 KiB aliasing), which is why netcache's disk read-through reads into a
-    mapping."""
+    pages (4 KiB aliasing), which is why netcache's disk read-through, where it copies
+    (no ``sendfile``), reads into a mapping."""
     path = os.path.join(folder, "cached")
     with open(path, "wb") as f:
         f.write(os.urandom(64 * MiB))
