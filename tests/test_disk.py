@@ -789,7 +789,7 @@ def test_a_hint_copies_where_sendfile_is_refused_and_stops_asking(
     copied: list[tuple[int, int]] = []
     monkeypatch.setattr(os, "sendfile", no_sendfile)
     monkeypatch.setattr(directory, "_copy_through", lambda fd, start, n: copied.append((start, n)))
-    monkeypatch.setattr(directory, "_hint_sink", directory._HintSink())
+    monkeypatch.setattr(directory, "_sendfile_hints", True)
     fd = os.open(path, os.O_RDONLY)
     try:
         directory._read_through(fd, 4096, MiB)
