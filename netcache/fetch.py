@@ -140,10 +140,11 @@ class PageFetcher:
         return None if retry else pages
 
     def readahead(self, target: AbstractFileSystem, cookie: FileCookie, pages: range,
-                  verify: bool) -> None:  # fmt: skip
-        """Start fetching ``pages`` of ``cookie`` in the background, in chunks fetched
-        concurrently; returns at once. Skipped under critical memory pressure and when
-        too much read-ahead is in flight already."""
+                  verify: bool, request_bytes: int | None = None) -> None:  # fmt: skip
+        """Start fetching ``pages`` of ``cookie`` in the background, in chunks of at most
+        ``request_bytes`` (and ``READAHEAD_CHUNK_BYTES``) fetched concurrently; returns
+        at once. Skipped under critical memory pressure and when too much read-ahead is
+        in flight already."""
         if not self.page_cache.admitting:
             return
         # Resident pages are left out first: a warm reader must not ask the disk tier
@@ -174,7 +175,8 @@ class PageFetcher:
         # Each request's answer sits in memory outside the budget, up to three times (the
         # client's chunks, their join, the page copies; HTTP and S3: chunks and pages), so
         # small budgets get smaller requests.
-        chunk = min(READAHEAD_CHUNK_BYTES, self.page_cache.limit // 32)
+        chunk = min(request_bytes or READAHEAD_CHUNK_BYTES, READAHEAD_CHUNK_BYTES,
+                    self.page_cache.limit // 32)  # fmt: skip
         step = max(1, chunk // self.block_size)
         for i in range(0, len(items), step):
             chunk = dict(items[i : i + step])

@@ -230,9 +230,13 @@ class NetCacheFileSystem(ChainedFileSystem):
         self.invalidate(tpath)
         return WriteThroughFile(self.fs.open(tpath, mode, **kwargs), lambda: self.invalidate(tpath))
 
-    def read_ahead(self, cookie: FileCookie, pages: range) -> None:
-        """Start fetching ``pages`` of one pinned file in the background."""
-        self.context.fetcher.readahead(self.fs, cookie, pages, self._verify)
+    def read_ahead(
+        self, cookie: FileCookie, pages: range, request_pages: int | None = None
+    ) -> None:
+        """Start fetching ``pages`` of one pinned file in the background, at most
+        ``request_pages`` to a request (default: the largest requests read-ahead makes)."""
+        request_bytes = None if request_pages is None else request_pages * self.config.block_size
+        self.context.fetcher.readahead(self.fs, cookie, pages, self._verify, request_bytes)
 
     def read_pages(self, cookie: FileCookie, start: int, end: int) -> bytes:
         """Bytes ``[start, end)`` of one pinned version of a file."""
@@ -628,7 +632,7 @@ class NetCacheFile(AbstractBufferedFile):
     def _fetch_range(self, start: int, end: int) -> bytes:
         ahead = self._readahead.advise(start, end)
         if ahead is not None:  # started first, so it overlaps with this read's own fetch
-            self.fs.read_ahead(self.cookie, ahead)
+            self.fs.read_ahead(self.cookie, ahead, self._readahead.request_pages)
         return self.fs.read_pages(self.cookie, start, end)
 
     def __repr__(self) -> str:

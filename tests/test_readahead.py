@@ -37,6 +37,24 @@ def test_steady_state_asks_in_batches() -> None:
     assert [p for r in asked for p in r] == list(range(1, asked[-1][-1] + 1))  # no gaps
 
 
+def test_window_starts_at_four_reads_and_grows_fourfold_while_small() -> None:
+    kib = 1024
+    ra = Readahead(block_size=128 * kib, max_bytes=32 << 20, size=1 << 30)  # 256 pages
+    # a first read of 8 pages: a window of 32 (at least 1/16 of the most, so it doubles)
+    assert ra.advise(0, 1 << 20) == range(8, 40)
+    assert ra.request_pages == 8  # a quarter of the window
+    assert ra.advise(1 << 20, 2 << 20) == range(40, 80)  # window 64
+    assert ra.request_pages == 16
+    assert ra.advise(2 << 20, 3 << 20) == range(80, 152)  # window 128
+    assert ra.advise(3 << 20, 4 << 20) == range(152, 288)  # window 256, the most
+    assert ra.request_pages == 64
+    small = Readahead(block_size=128 * kib, max_bytes=32 << 20, size=1 << 30)
+    assert small.advise(0, 64 * kib) == range(1, 5)  # a small read: INITIAL_PAGES
+    assert small.request_pages == 8  # never under 1 MiB a request
+    assert small.advise(64 * kib, 128 * kib) == range(5, 17)  # fourfold while under 16
+    assert small.advise(128 * kib, 192 * kib) == range(17, 34)  # then twofold
+
+
 def test_never_past_eof_and_off_switch() -> None:
     ra = Readahead(block_size=100, max_bytes=1 << 20, size=450)
     assert ra.advise(0, 100) == range(1, 5)  # page 4 is the last
@@ -88,6 +106,28 @@ def test_sequential_reader_is_read_ahead_of_and_bounded() -> None:
     assert out == data[2 * BS :]
     assert remote_pages(fs) == 64  # every page once, none past EOF
     assert all(end <= len(data) for _, end in target.requested)
+
+
+def test_read_ahead_requests_start_small_and_grow() -> None:
+    """While the window grows, each request is a quarter of it (at least 1 MiB): the
+    pages a reader needs next come alone, not at the end of an 8 MiB answer."""
+    fs, target, data = make(512)  # 32 MiB of 64 KiB pages, the default 32 MiB window
+    ahead: list[tuple[int, int]] = []
+    cat_file = target.cat_file
+
+    def recording(path, start=None, end=None, **kwargs):  # type: ignore[no-untyped-def]
+        if threading.current_thread().name.startswith("netcache-readahead"):
+            with target.lock:
+                ahead.append((start, end))
+        return cat_file(path, start, end, **kwargs)
+
+    target.cat_file = recording  # type: ignore[method-assign]
+    with fs.open("/ra/f") as f:
+        assert b"".join(iter(lambda: f.read(1 << 20), b"")) == data
+    sizes = [end - start for start, end in sorted(ahead)]
+    assert sorted(ahead)[0] == (1 << 20, 2 << 20)  # after the first look's 1 MiB
+    assert sizes[:4] == [1 << 20] * 4  # a 4 MiB window, in 4 requests
+    assert max(sizes) == 8 << 20  # the steady state's requests, never more
 
 
 def test_random_reader_is_not_read_ahead_of() -> None:
