@@ -302,11 +302,18 @@ class NetCacheFileSystem(ChainedFileSystem):
         ``check_interval`` and every page resident), else None. It does no I/O and never
         waits, which is what lets :class:`~netcache.AsyncNetCacheFileSystem` answer warm
         reads on the event loop."""
-        cookie = self.context.cookies.known(self._target_path(path), self.config.check_interval)
-        if cookie is None or cookie.size is None:
+        cookie = self._resident_cookie(path)
+        if cookie is None:
             return None
-        lo, hi = _absolute_range(cookie.size, start, end)
-        return self.context.fetcher.read_resident(cookie, lo, hi)
+        return self.context.fetcher.read_resident(
+            cookie, *_absolute_range(cookie.size or 0, start, end)
+        )
+
+    def _resident_cookie(self, path: str) -> FileCookie | None:
+        """The version of ``path`` checked within ``check_interval``, if its size is known;
+        no I/O."""
+        cookie = self.context.cookies.known(self._target_path(path), self.config.check_interval)
+        return cookie if cookie is not None and cookie.size is not None else None
 
     def _cat(self, cookie: FileCookie, start: int | None, end: int | None) -> bytes:
         lo, hi = _absolute_range(cookie.size or 0, start, end)
@@ -379,9 +386,13 @@ class NetCacheFileSystem(ChainedFileSystem):
     def _resident_ranges(self, path: str, starts: list[Any], ends: list[Any]) -> list[bytes] | None:
         """The ranges of one file if a checked version and every page are in memory, else
         None: warm files are answered here, without a thread hop."""
+        cookie = self._resident_cookie(path)  # once for all the ranges
+        if cookie is None:
+            return None
+        read_resident = self.context.fetcher.read_resident
         out = []
         for s, e in zip(starts, ends, strict=True):
-            data = self.cat_file_resident(path, s, e)
+            data = read_resident(cookie, *_absolute_range(cookie.size or 0, s, e))
             if data is None:
                 return None
             out.append(data)
