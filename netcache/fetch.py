@@ -16,6 +16,7 @@ from netcache.backends.base import Backend
 from netcache.buffers import PageFiller, page_buffer
 from netcache.cookie import FileCookie, strong_etag, version_token
 from netcache.errors import FileChangedError, ReadaheadFailed, ShortReadError
+from netcache.firstlook import FIRST_LOOK_BYTES
 from netcache.http import get_ranges as get_http_ranges
 from netcache.http import if_match_headers, is_http, streams_pages
 from netcache.page import Page, PageKey, StoreState, page_keys
@@ -206,6 +207,13 @@ class PageFetcher:
     def _release_ra(self, nbytes: int) -> None:
         with self._ra_lock:
             self._ra_bytes -= nbytes
+
+    @property
+    def look_limit(self) -> int:
+        """Bytes a first look may fetch: its pages are offered, not claimed, so they may be
+        evicted before they are read; as much as read-ahead keeps in flight at most, but
+        always a file's first bytes."""
+        return max(FIRST_LOOK_BYTES, min(READAHEAD_MAX_INFLIGHT, self.page_cache.limit // 8))
 
     def load_whole(self, target: AbstractFileSystem, cookie: FileCookie) -> FileCookie:
         """Read a file whose size the remote does not report, once, into pages."""

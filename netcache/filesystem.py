@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import fsspec
@@ -29,7 +29,7 @@ from netcache.context import (
 from netcache.cookie import FileCookie
 from netcache.errors import FileChangedError
 from netcache.fetch import READAHEAD_CHUNK_BYTES
-from netcache.firstlook import FIRST_LOOK_BYTES, first_look
+from netcache.firstlook import first_look, look_spans
 from netcache.identity import redact_url, target_identity
 from netcache.policies.eviction import EvictionPolicy
 from netcache.policies.release import PressureLevel, Reason, ReleasePolicy
@@ -52,6 +52,10 @@ _FSSPEC_OPTIONS = frozenset(
 _IGNORED_OPEN_ARGS = frozenset(
     {"block_size", "cache_type", "cache_options", "autocommit", "size", "fill_cache", "cache_file"}
 )
+#: A range about to be read: ``(start, end)``, None for the start or the end of the file.
+Reading = tuple[int | None, int | None]
+# What an open or a whole-file read is about to read (for a first look: its first bytes).
+_WHOLE: tuple[Reading] = ((None, None),)
 
 
 class NetCacheFileSystem(ChainedFileSystem):
@@ -189,18 +193,22 @@ class NetCacheFileSystem(ChainedFileSystem):
     def _target_path(self, path: str) -> str:
         return self.fs._strip_protocol(self._strip_protocol(path))
 
-    def _cookie(self, path: str, refresh: bool = False, reading: bool = False) -> FileCookie:
-        """The version of ``path`` to read. ``reading``: bytes from the start of the file
-        are about to be read, so a first open may fetch them with the version."""
+    def _cookie(
+        self, path: str, refresh: bool = False, reading: Sequence[Reading] = ()
+    ) -> FileCookie:
+        """The version of ``path`` to read. ``reading``: the ranges about to be read
+        (``(start, end)``, ``None`` for the start or the end of the file), so that a first
+        open may fetch their pages in the requests that learn the version."""
         context = self.context
+        bs = self.config.block_size
+        spans = look_spans(reading, bs, context.fetcher.look_limit)
         looked: list[PageFiller] = []
 
         def look(tpath: str) -> dict[str, Any]:
-            nbytes = max(1, FIRST_LOOK_BYTES // self.config.block_size) * self.config.block_size
-            answer = first_look(self.fs, tpath, nbytes, self.config.block_size)
+            answer = first_look(self.fs, tpath, spans, bs)
             if answer is None:
                 return self.fs.info(tpath)
-            looked.append(answer[1])
+            looked.extend(answer[1])
             return answer[0]
 
         cookie = context.cookies.cookie(
@@ -209,10 +217,11 @@ class NetCacheFileSystem(ChainedFileSystem):
             self.config.check_interval,
             refresh,
             self.offline,
-            first_look=look if reading else None,
+            first_look=look if spans else None,
         )
-        if looked:  # the cookie was made from that very answer: its bytes are this version's
-            context.fetcher.offer_pages(cookie, 0, looked[0])
+        if looked:  # the cookie was made from those very answers: their bytes are its
+            for (start, _), answer in zip(spans, looked, strict=True):
+                context.fetcher.offer_pages(cookie, start, answer)
         if cookie.size is None:
             cookie = context.fetcher.load_whole(self.fs, cookie)
             context.cookies.sized(cookie)
@@ -225,7 +234,7 @@ class NetCacheFileSystem(ChainedFileSystem):
             unknown = set(kwargs) - _IGNORED_OPEN_ARGS
             if unknown:
                 raise TypeError(f"open() got unexpected argument(s) {sorted(unknown)}")
-            return NetCacheFile(self, path, self._cookie(path, reading=True))
+            return NetCacheFile(self, path, self._cookie(path, reading=_WHOLE))
         tpath = self._target_path(path)
         self.invalidate(tpath)
         return WriteThroughFile(self.fs.open(tpath, mode, **kwargs), lambda: self.invalidate(tpath))
@@ -258,7 +267,7 @@ class NetCacheFileSystem(ChainedFileSystem):
         files: list[str] = []
         for path in [paths] if isinstance(paths, str) else list(paths):
             files.extend(self.find(path) if self.isdir(path) else [path])
-        cookies = [self._cookie(self._target_path(p), reading=True) for p in files]
+        cookies = [self._cookie(self._target_path(p), reading=_WHOLE) for p in files]
         total = sum(c.size or 0 for c in cookies)
         callback.set_size(total)
         # Chunks small enough for the write-back queue, and a wait for room before each,
@@ -291,7 +300,7 @@ class NetCacheFileSystem(ChainedFileSystem):
     ) -> bytes:
         tpath = self._target_path(path)
         try:
-            return self._cat(self._cookie(tpath, reading=not start), start, end)
+            return self._cat(self._cookie(tpath, reading=[(start, end)]), start, end)
         except FileChangedError:  # changed between the version check and the fetch
             return self._cat(self._cookie(tpath, refresh=True), start, end)
 
@@ -403,8 +412,9 @@ class NetCacheFileSystem(ChainedFileSystem):
     ) -> list[Any]:
         """Ranges of one file, its missing pages fetched together."""
         try:
-            # from the start (whole files, most often): the first look brings the bytes
-            cookie = self._cookie(self._target_path(path), reading=all(not s for s in starts))
+            # a first open fetches the pages of every range with the version
+            reading = list(zip(starts, ends, strict=True))
+            cookie = self._cookie(self._target_path(path), reading=reading)
         except Exception as exc:  # no version (a missing file): the answer of every range
             if on_error != "return":
                 raise

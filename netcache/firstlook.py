@@ -1,55 +1,97 @@
-"""First look: a remote file's version, size and first bytes from one request.
+"""First look: a remote file's version, size and the bytes of its first read, in the
+first read's own requests.
 
 Opening a file needs its size and version before the first read. fsspec asks HTTP and
-S3 for them with a HEAD, and the first read then sends a GET: two round trips for a
-small file. The headers of a ranged GET carry the same facts (``Content-Range`` says the
-size, ``ETag`` and ``Last-Modified``, or S3's ``VersionId``, the version), so a cold open
-over HTTP or S3 asks once for the file's first bytes instead and the first read is
-served from them.
+S3 for them with a HEAD, and the first read then sends a GET: two round trips. The
+headers of a ranged GET carry the same facts (``Content-Range`` says the size, ``ETag``
+and ``Last-Modified``, or S3's ``VersionId``, the version), so a cold read over HTTP or
+S3 asks for the pages it needs at once (an open, for the file's first bytes; a
+``cat_ranges``, for the pages of all its ranges, concurrently), and takes the version
+from the answers: they must all name the same one.
 
 A missing file raises ``FileNotFoundError`` at once, as ``info()`` would. Anything else
 unusual (another status than 200 or 206, an encoded body, no size in the headers, a
-short body) answers None, and the caller asks ``info()`` as before: errors keep the form
-fsspec gives them, at the cost of a second request on that path only.
+short body, answers naming different versions) answers None, and the caller asks
+``info()`` as before: errors keep the form fsspec gives them, at the cost of a second
+request on that path only.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from fsspec import AbstractFileSystem
-from fsspec.asyn import sync
+from fsspec.asyn import _run_coros_in_chunks, sync
 
 from netcache.buffers import PageFiller
-from netcache.http import is_http
+from netcache.http import streams_pages
 from netcache.s3 import get_ranges, is_s3
 
 if TYPE_CHECKING:
     from fsspec.implementations.http import HTTPFileSystem
 
-#: Bytes a first look asks for: whole small files, and the first read of most others
-#: (bytes that a file's first read does not use are the price of the saved round trip).
+#: Bytes a first look asks for when a file is opened or read whole: whole small files,
+#: and the first read of most others (bytes that a file's first read does not use are
+#: the price of the saved round trip).
 FIRST_LOOK_BYTES = 1 << 20
 
-_CONTENT_RANGE = re.compile(r"bytes 0-(\d+)/(\d+)")
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
+#: What names a version in an answer's info: every answer of one look must agree.
+_HTTP_VERSION = ("size", "ETag", "Last-Modified")
+_S3_VERSION = ("size", "ETag", "VersionId")
+
+#: ``[start, end)``, in bytes.
+Span = tuple[int, int]
+#: One answer: the info it gives, and its bytes in pages.
+Answer = tuple[dict[str, Any], PageFiller]
+
+
+def look_spans(
+    ranges: Iterable[tuple[int | None, int | None]], page_size: int, limit: int
+) -> list[Span]:
+    """The pages that reads of ``ranges`` of a file of unknown size need, as spans of
+    whole pages in order, apart (adjacent ones joined: one request each). A range is
+    ``(start, end)``; ``None`` is the start, or the end, of the file, and a read from the
+    start to the end asks for ``FIRST_LOOK_BYTES``. No spans (ask ``info()`` first) if
+    a range counts from the end of the file or reads to it from elsewhere (the size is
+    needed), or if the spans come to more than ``limit`` bytes."""
+    spans = []
+    for start, end in ranges:
+        start = start or 0
+        if end is None:
+            if start:
+                return []
+            end = FIRST_LOOK_BYTES
+        if start < 0 or end < 0:
+            return []
+        if start < end:
+            spans.append((start // page_size * page_size, -(-end // page_size) * page_size))
+    joined: list[Span] = []
+    for lo, hi in sorted(spans):
+        if joined and lo <= joined[-1][1]:
+            joined[-1] = (joined[-1][0], max(hi, joined[-1][1]))
+        else:
+            joined.append((lo, hi))
+    return joined if sum(hi - lo for lo, hi in joined) <= limit else []
 
 
 def first_look(
-    target: AbstractFileSystem, path: str, nbytes: int, page_size: int
-) -> tuple[dict[str, Any], PageFiller] | None:
-    """``(info, first bytes)`` of ``path`` (at most ``nbytes``, all of a smaller file, in
-    pages of ``page_size`` as they arrive), or None where the target offers no such
-    request or the answer is not plain; raises ``FileNotFoundError`` if there is no
-    such file."""
-    if nbytes <= 0:
+    target: AbstractFileSystem, path: str, spans: list[Span], page_size: int
+) -> tuple[dict[str, Any], list[PageFiller]] | None:
+    """``(info, the bytes of each span)`` of ``path`` (a span's bytes in pages of
+    ``page_size``, as they arrive, and cut short by the end of the file), or None where
+    the target offers no such request or an answer is not plain; raises
+    ``FileNotFoundError`` if there is no such file."""
+    if not spans:
         return None
     try:
-        if is_http(target):
-            return sync(target.loop, _http_first_look, target, path, nbytes, page_size)  # type: ignore[no-any-return]
+        if streams_pages(target):  # a subclass with requests of its own: info()
+            return sync(target.loop, _http_first_look, target, path, spans, page_size)  # type: ignore[no-any-return]
         if is_s3(target):
-            return _s3_first_look(target, path, nbytes, page_size)
+            return _s3_first_look(target, path, spans, page_size)
     except FileNotFoundError:  # as info() would say it: asking again costs a request
         raise
     except Exception:  # the caller's info() raises the error in fsspec's own form
@@ -57,75 +99,106 @@ def first_look(
     return None
 
 
+def _agreed(
+    answers: Sequence[Answer | BaseException | None], version: tuple[str, ...]
+) -> tuple[dict[str, Any], list[PageFiller]] | None:
+    """The first answer's info and every answer's bytes, if all came and all name one
+    version (a file changed between two of the requests does not)."""
+    if any(a is None or isinstance(a, BaseException) for a in answers):
+        return None
+    looked: list[Answer] = answers  # type: ignore[assignment]
+    info = looked[0][0]
+    if any([i.get(f) for f in version] != [info.get(f) for f in version] for i, _ in looked):
+        return None
+    return info, [body for _, body in looked]
+
+
 def _s3_first_look(
-    target: Any, path: str, nbytes: int, page_size: int
-) -> tuple[dict[str, Any], PageFiller] | None:
-    """A GetObject of the first bytes: its answer says what s3fs's HEAD-based ``info()``
-    does (an empty object answers a range with an error: ``info()`` then)."""
+    target: Any, path: str, spans: list[Span], page_size: int
+) -> tuple[dict[str, Any], list[PageFiller]] | None:
+    """GetObjects of the spans: each answer says what s3fs's HEAD-based ``info()`` does
+    (an empty object, or a span beyond the end, answers a range with an error:
+    ``info()`` then)."""
     try:
-        answer, body = get_ranges(target, path, [(0, nbytes)], page_size)[0]
+        answers = get_ranges(target, path, spans, page_size)
     except FileNotFoundError:
         # no such object: a prefix of others is a folder, as info() would find by listing
         if target.isdir(path):
-            return {"name": path, "size": 0, "type": "directory"}, PageFiller(page_size, 0)
+            return {"name": path, "size": 0, "type": "directory"}, []
         raise
-    match = _CONTENT_RANGE.fullmatch(answer.get("ContentRange") or "")
-    if match is None or body.received != min(int(match[1]) + 1, nbytes):
-        return None
     bucket, key, _ = target.split_path(path)
-    # the fields s3fs's info() takes from a HEAD, so that a recheck finds this version
-    info = {
-        "ETag": answer.get("ETag", ""),
-        "LastModified": answer.get("LastModified", ""),
-        "size": int(match[2]),
-        "name": f"{bucket}/{key}",
-        "type": "file",
-        "StorageClass": answer.get("StorageClass", "STANDARD"),
-        "VersionId": answer.get("VersionId"),
-        "ContentType": answer.get("ContentType"),
-    }
-    return info, body
+    looked: list[Answer | None] = []
+    for (start, end), (answer, body) in zip(spans, answers, strict=True):
+        match = _CONTENT_RANGE.fullmatch(answer.get("ContentRange") or "")
+        if (match is None or int(match[1]) != start
+                or body.received != min(int(match[2]) + 1, end) - start):  # fmt: skip
+            return None
+        # the fields s3fs's info() takes from a HEAD, so that a recheck finds this version
+        info = {
+            "ETag": answer.get("ETag", ""),
+            "LastModified": answer.get("LastModified", ""),
+            "size": int(match[3]),
+            "name": f"{bucket}/{key}",
+            "type": "file",
+            "StorageClass": answer.get("StorageClass", "STANDARD"),
+            "VersionId": answer.get("VersionId"),
+            "ContentType": answer.get("ContentType"),
+        }
+        looked.append((info, body))
+    return _agreed(looked, _S3_VERSION)
 
 
 async def _http_first_look(
-    target: HTTPFileSystem, path: str, nbytes: int, page_size: int
-) -> tuple[dict[str, Any], PageFiller] | None:
+    target: HTTPFileSystem, path: str, spans: list[Span], page_size: int
+) -> tuple[dict[str, Any], list[PageFiller]] | None:
     session = await target.set_session()
     kwargs = dict(target.kwargs)
     headers = dict(kwargs.pop("headers", None) or {})
-    headers["Range"] = f"bytes=0-{nbytes - 1}"
     headers["Accept-Encoding"] = "identity"  # as fsspec's HEAD: the size of the bytes
-    async with session.get(target.encode_url(path), headers=headers, **kwargs) as r:
-        if r.status == 404:
-            raise FileNotFoundError(path)  # as fsspec's info() raises it
-        if r.headers.get("Content-Encoding", "identity") not in ("identity", ""):
-            return None
-        if r.status == 206:
-            match = _CONTENT_RANGE.fullmatch(r.headers.get("Content-Range", ""))
-            if match is None:
+    url = target.encode_url(path)
+
+    async def look(start: int, end: int) -> Answer | None:
+        ranged = {**headers, "Range": f"bytes={start}-{end - 1}"}
+        async with session.get(url, headers=ranged, **kwargs) as r:
+            if r.status == 404:
+                raise FileNotFoundError(path)  # as fsspec's info() raises it
+            if r.headers.get("Content-Encoding", "identity") not in ("identity", ""):
                 return None
-            size, want = int(match[2]), min(int(match[1]) + 1, nbytes)
-        elif r.status == 200 and "Content-Length" in r.headers:  # ranges ignored
-            size = int(r.headers["Content-Length"])
-            want = min(size, nbytes)
-        else:
-            return None
-        # reading stops at ``want``: the rest of an unranged answer is left unread (leaving
-        # the block closes the connection instead of draining it)
-        body = PageFiller(page_size, want)
-        while body.received < want:
-            chunk = await r.content.readany()
-            if not chunk:
-                raise asyncio.IncompleteReadError(b"", want)  # a short body: info() then
-            body.feed(memoryview(chunk)[: want - body.received])
-        info: dict[str, Any] = {"name": path, "size": size, "type": "file", "url": str(r.url)}
-        if "Content-Type" in r.headers:
-            info["mimetype"] = r.headers["Content-Type"].partition(";")[0]
-        if r.headers.get("Accept-Ranges") == "none":
-            info["partial"] = False
-        # the fields fsspec's info() takes from a HEAD that name the whole file's version
-        # (a range's Content-MD5 or Digest would name the range's bytes only)
-        for field in ("ETag", "Last-Modified"):
-            if r.headers.get(field):
-                info[field] = r.headers[field]
-        return info, body
+            if r.status == 206:
+                match = _CONTENT_RANGE.fullmatch(r.headers.get("Content-Range", ""))
+                if match is None or int(match[1]) != start:
+                    return None
+                size, want = int(match[3]), min(int(match[2]) + 1, end) - start
+            elif r.status == 200 and start == 0 and "Content-Length" in r.headers:
+                size = int(r.headers["Content-Length"])  # ranges ignored: the whole file
+                want = min(size, end)
+            else:
+                return None
+            # reading stops at ``want``: the rest of an unranged answer is left unread
+            # (leaving the block closes the connection instead of draining it)
+            body = PageFiller(page_size, want)
+            while body.received < want:
+                chunk = await r.content.readany()
+                if not chunk:
+                    raise asyncio.IncompleteReadError(b"", want)  # a short body: info() then
+                body.feed(memoryview(chunk)[: want - body.received])
+            info: dict[str, Any] = {"name": path, "size": size, "type": "file", "url": str(r.url)}
+            if "Content-Type" in r.headers:
+                info["mimetype"] = r.headers["Content-Type"].partition(";")[0]
+            if r.headers.get("Accept-Ranges") == "none":
+                info["partial"] = False
+            # the fields fsspec's info() takes from a HEAD that name the whole file's
+            # version (a range's Content-MD5 or Digest would name the range's bytes only)
+            for field in ("ETag", "Last-Modified"):
+                if r.headers.get(field):
+                    info[field] = r.headers[field]
+            return info, body
+
+    # concurrently, in fsspec's batches, as its _cat_ranges would send them
+    answers = await _run_coros_in_chunks([look(*span) for span in spans],
+                                         batch_size=target.batch_size, nofiles=True,
+                                         return_exceptions=True)  # fmt: skip
+    for answer in answers:
+        if isinstance(answer, FileNotFoundError):
+            raise answer
+    return _agreed(answers, _HTTP_VERSION)

@@ -3,6 +3,7 @@ its first bytes come with them."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -53,7 +54,107 @@ def test_info_and_reads_from_elsewhere_do_not_fetch_first_bytes(srv: RangeServer
     assert (srv.gets, srv.heads, srv.bytes_sent) == (0, 1, 0)
     small = srv._files["/small.bin"].data
     assert fs.cat_file(f"{srv.url}/small.bin", BS + 1, BS + 9) == small[BS + 1 : BS + 9]
-    assert (srv.gets, srv.heads, srv.bytes_sent) == (1, 2, BS)  # a HEAD, then one page
+    # no HEAD: the one page read came with the version
+    assert (srv.gets, srv.heads, srv.bytes_sent) == (1, 1, BS)
+    assert fs.cat_file(f"{srv.url}/small.bin", BS + 5, BS + 20) == small[BS + 5 : BS + 20]
+    assert (srv.gets, srv.heads) == (1, 1)
+
+
+def test_look_spans_are_whole_pages_joined_and_bounded() -> None:
+    from netcache.firstlook import look_spans
+
+    whole = -(-FIRST_LOOK_BYTES // BS) * BS
+    assert look_spans([(None, None)], BS, 10 * MiB) == [(0, whole)]
+    # sorted; overlapping and adjacent pages joined; empty ranges dropped
+    ranges = [(5 * BS + 1, 6 * BS), (10, 20), (BS - 1, BS + 1), (6 * BS, 6 * BS + 1), (7, 7)]
+    assert look_spans(ranges, BS, 10 * MiB) == [(0, 2 * BS), (5 * BS, 7 * BS)]
+    # the size is needed first: from the end, or to the end from elsewhere
+    assert look_spans([(0, 10), (-5, None)], BS, 10 * MiB) == []
+    assert look_spans([(0, 10), (3, -1)], BS, 10 * MiB) == []
+    assert look_spans([(BS, None)], BS, 10 * MiB) == []
+    # more than the limit: ask info() first
+    assert look_spans([(0, 4 * BS)], BS, 4 * BS) == [(0, 4 * BS)]
+    assert look_spans([(0, 4 * BS + 1)], BS, 4 * BS) == []
+
+
+def test_cold_cat_ranges_fetches_its_pages_with_the_version(srv: RangeServer) -> None:
+    fs = http_fs(False, readahead=False, skip_instance_cache=True)
+    url = f"{srv.url}/big.bin"
+    data = srv._files["/big.bin"].data
+    # two ranges share page 2, one ends a page later, one ends at the end of the file
+    ranges = [(2 * BS + 10, 2 * BS + 100), (2 * BS + 500, 3 * BS + 1), (5, 17),
+              (len(data) - 300, len(data))]  # fmt: skip
+    starts, ends = [a for a, _ in ranges], [b for _, b in ranges]
+    assert fs.cat_ranges([url] * 4, starts, ends) == [data[a:b] for a, b in ranges]
+    # one GET a run of pages (pages 0, 2-3 and the last), sent at once; no HEAD
+    last = (len(data) - 300) // BS * BS
+    assert (srv.gets, srv.heads) == (3, 0)
+    assert srv.bytes_sent == BS + 2 * BS + len(data) - last
+    # the version came from those answers: a read of those pages is a hit
+    assert fs.cat_ranges([url] * 4, starts, ends) == [data[a:b] for a, b in ranges]
+    assert fs.cat_file(url, 3 * BS, 4 * BS) == data[3 * BS : 4 * BS]
+    assert (srv.gets, srv.heads) == (3, 0)
+
+
+def test_a_first_look_stays_within_the_read_ahead_bound(srv: RangeServer) -> None:
+    # 2 MiB of memory: a first look may fetch 1 MiB (its pages are not claimed, and
+    # could be evicted before they are read); more is fetched after a HEAD, as before
+    fs = http_fs(False, readahead=False, memory_limit="2MiB", skip_instance_cache=True)
+    url = f"{srv.url}/big.bin"
+    data = srv._files["/big.bin"].data
+    n = FIRST_LOOK_BYTES // (2 * BS) + 1  # spans of 2 pages: more than 1 MiB
+    starts = [i * 4 * BS for i in range(n)]
+    ends = [s + BS + 1 for s in starts]
+    want = [data[a:b] for a, b in zip(starts, ends, strict=True)]
+    assert fs.cat_ranges([url] * n, starts, ends) == want
+    assert (srv.gets, srv.heads) == (n, 1)
+    assert srv.bytes_sent == n * 2 * BS
+
+
+def test_ranges_counted_from_the_end_ask_for_the_size_first(srv: RangeServer) -> None:
+    fs = http_fs(False, readahead=False, skip_instance_cache=True)
+    url = f"{srv.url}/big.bin"
+    data = srv._files["/big.bin"].data
+    assert fs.cat_file(url, -100) == data[-100:]
+    assert (srv.gets, srv.heads) == (1, 1)
+    srv.reset_counts()
+    url = f"{srv.url}/small.bin"
+    small = srv._files["/small.bin"].data
+    assert fs.cat_file(url, 1000) == small[1000:]  # to the end, from elsewhere
+    assert (srv.gets, srv.heads) == (1, 1)
+
+
+def test_a_range_beyond_the_end_or_a_change_between_answers_asks_info(srv: RangeServer) -> None:
+    fs = http_fs(False, readahead=False, skip_instance_cache=True)
+    url = f"{srv.url}/small.bin"
+    small = srv._files["/small.bin"].data
+    # a span past the end answers 416: the look is dropped, info() asked, and the pages
+    # fetched again
+    got = fs.cat_ranges([url] * 2, [0, len(small) + BS], [10, len(small) + 2 * BS])
+    assert got == [small[:10], b""]
+    assert srv.heads == 1
+    assert fs.cat_file(url, 0, 10) == small[:10]
+
+    # answers naming other versions: none of their bytes is kept
+    versions = [payload(len(srv._files["/big.bin"].data), 40 + i) for i in range(4)]
+    take, lock = srv._take, threading.Lock()
+
+    def take_then_change(method: str, path: str):  # type: ignore[no-untyped-def]
+        with lock:  # each of the first three GETs is answered from its own version
+            answer = take(method, path)
+            if method == "GET" and srv.gets <= 3:
+                srv.put("big.bin", versions[srv.gets])
+            return answer
+
+    srv._take = take_then_change  # type: ignore[method-assign]
+    srv.reset_counts()
+    fs2 = http_fs(False, readahead=False, skip_instance_cache=True)
+    starts = [0, 4 * BS, 8 * BS]
+    got = fs2.cat_ranges([f"{srv.url}/big.bin"] * 3, starts, [s + 10 for s in starts])
+    # the three answers disagreed: info() named the last version, and its pages were read
+    assert got == [versions[3][s : s + 10] for s in starts]
+    assert (srv.gets, srv.heads) == (6, 1)
+    assert fs2.cat_file(f"{srv.url}/big.bin", 0, 10) == versions[3][:10]
 
 
 def test_a_later_check_finds_the_same_version(srv: RangeServer) -> None:
