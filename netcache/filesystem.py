@@ -239,13 +239,13 @@ class NetCacheFileSystem(ChainedFileSystem):
         self.invalidate(tpath)
         return WriteThroughFile(self.fs.open(tpath, mode, **kwargs), lambda: self.invalidate(tpath))
 
-    def read_ahead(
-        self, cookie: FileCookie, pages: range, request_pages: int | None = None
-    ) -> None:
+    def read_ahead(self, cookie: FileCookie, pages: range, request_pages: int | None = None) -> int:
         """Start fetching ``pages`` of one pinned file in the background, at most
-        ``request_pages`` to a request (default: the largest requests read-ahead makes)."""
+        ``request_pages`` to a request (default: the largest requests read-ahead makes).
+        Returns how many of ``pages``, from the first, are resident or on their way; the
+        others were not started (too much read-ahead in flight, or memory pressure)."""
         request_bytes = None if request_pages is None else request_pages * self.config.block_size
-        self.context.fetcher.readahead(self.fs, cookie, pages, self._verify, request_bytes)
+        return self.context.fetcher.readahead(self.fs, cookie, pages, self._verify, request_bytes)
 
     def read_pages(self, cookie: FileCookie, start: int, end: int) -> bytes:
         """Bytes ``[start, end)`` of one pinned version of a file."""
@@ -653,7 +653,9 @@ class NetCacheFile(AbstractBufferedFile):
     def _fetch_range(self, start: int, end: int) -> bytes:
         ahead = self._readahead.advise(start, end)
         if ahead is not None:  # started first, so it overlaps with this read's own fetch
-            self.fs.read_ahead(self.cookie, ahead, self._readahead.request_pages)
+            started = self.fs.read_ahead(self.cookie, ahead, self._readahead.request_pages)
+            if started < len(ahead):  # asked for again by a later read
+                self._readahead.not_started(ahead.start + started)
         return self.fs.read_pages(self.cookie, start, end)
 
     def __repr__(self) -> str:

@@ -65,6 +65,10 @@ class Readahead:
         self._ahead = last
         return range(first, last + 1)
 
+    def not_started(self, page: int) -> None:
+        """Pages from ``page`` on, though advised, were not fetched: advise them again."""
+        self._ahead = min(self._ahead, page - 1)
+
     @property
     def request_pages(self) -> int:
         """Pages per request for what ``advise`` returns: a quarter of the window (at

@@ -227,3 +227,32 @@ def test_readahead_in_flight_is_bounded_by_the_memory_budget() -> None:
         assert b"".join(iter(lambda: f.read(BS // 2), b"")) == data
     assert 0 < target.most <= 4 * BS  # read ahead, but never more than 4 pages at once
     assert max(end - start for start, end in target.requested) <= BS
+
+
+def test_a_window_larger_than_the_in_flight_bound_is_still_read_ahead() -> None:
+    """Read-ahead past the in-flight bound goes out as room frees, not never: the
+    reader does not fall back to fetching page after page itself (a round trip a read)."""
+
+    class Slow(Memory):
+        def cat_file(self, path, start=None, end=None, **kwargs):  # type: ignore[no-untyped-def]
+            if threading.current_thread().name.startswith("netcache-readahead"):
+                time.sleep(0.005)  # a remote's latency: the reader catches up and waits
+            else:
+                with self.lock:
+                    self.by_reader += (end - start) // BS
+            return super().cat_file(path, start, end, **kwargs)
+
+    target = Slow(skip_instance_cache=True)
+    target.by_reader = 0  # type: ignore[attr-defined]
+    data = payload(120 * BS, 5)
+    target.pipe_file("/ra/big", data)
+    # 64 pages of memory: 8 pages in flight at most, in requests of 2; a 32-page window
+    fs = netcache.NetCacheFileSystem(fs=target, block_size=BS, check_interval=None,
+                                     cache_dir=False, memory_limit=64 * BS,
+                                     readahead=32 * BS, skip_instance_cache=True)  # fmt: skip
+    with fs.open("/ra/big") as f:
+        assert b"".join(iter(lambda: f.read(BS // 2), b"")) == data
+    # the first read's own page or two; the rest came ahead of the reader (when requests
+    # beyond the bound were dropped, the reader fetched ~90 of the 120 pages itself)
+    assert target.by_reader <= 12  # type: ignore[attr-defined]
+    assert fs.stats().retrievals.remote == 120
