@@ -102,6 +102,18 @@ class CookieJar:
         self._learn(cookie, time.time(), from_remote=True)
         return cookie
 
+    def would_look(self, path: str, check_interval: float | None) -> bool:
+        """Whether ``cookie`` would take a first look at ``path`` now: this process knows
+        no version of it, and the disk tier none checked within ``check_interval`` (one
+        found there is learnt here). Reads the disk tier's metadata, no remote."""
+        if check_interval == 0:
+            return False
+        with self._lock:
+            if path in self._cookies:
+                return False
+        fid = make_file_id(self.target_id, path)
+        return self._from_disk(fid, path, check_interval) is None
+
     def known(self, path: str, check_interval: float | None) -> FileCookie | None:
         """The version of ``path`` if one was checked within ``check_interval`` and is held
         in memory, else None: no I/O, so an event loop may call it."""

@@ -29,7 +29,7 @@ from netcache.context import (
 from netcache.cookie import FileCookie
 from netcache.errors import FileChangedError
 from netcache.fetch import READAHEAD_CHUNK_BYTES
-from netcache.firstlook import first_look, look_spans
+from netcache.firstlook import Looked, Span, first_look, first_looks, look_spans
 from netcache.identity import redact_url, target_identity
 from netcache.policies.eviction import EvictionPolicy
 from netcache.policies.release import PressureLevel, Reason, ReleasePolicy
@@ -194,21 +194,28 @@ class NetCacheFileSystem(ChainedFileSystem):
         return self.fs._strip_protocol(self._strip_protocol(path))
 
     def _cookie(
-        self, path: str, refresh: bool = False, reading: Sequence[Reading] = ()
+        self,
+        path: str,
+        refresh: bool = False,
+        reading: Sequence[Reading] = (),
+        looked: Looked | None = None,
     ) -> FileCookie:
         """The version of ``path`` to read. ``reading``: the ranges about to be read
         (``(start, end)``, ``None`` for the start or the end of the file), so that a first
-        open may fetch their pages in the requests that learn the version."""
+        open may fetch their pages in the requests that learn the version; ``looked``:
+        that first look, already taken (``_first_looks``)."""
         context = self.context
         bs = self.config.block_size
         spans = look_spans(reading, bs, context.fetcher.look_limit)
-        looked: list[PageFiller] = []
+        offered: list[PageFiller] = []
 
         def look(tpath: str) -> dict[str, Any]:
-            answer = first_look(self.fs, tpath, spans, bs)
+            if isinstance(looked, FileNotFoundError):
+                raise looked
+            answer = looked or first_look(self.fs, tpath, spans, bs)
             if answer is None:
                 return self.fs.info(tpath)
-            looked.extend(answer[1])
+            offered.extend(answer[1])
             return answer[0]
 
         cookie = context.cookies.cookie(
@@ -219,8 +226,8 @@ class NetCacheFileSystem(ChainedFileSystem):
             self.offline,
             first_look=look if spans else None,
         )
-        if looked:  # the cookie was made from those very answers: their bytes are its
-            for (start, _), answer in zip(spans, looked, strict=True):
+        if offered:  # the cookie was made from those very answers: their bytes are its
+            for (start, _), answer in zip(spans, offered, strict=True):
                 context.fetcher.offer_pages(cookie, start, answer)
         if cookie.size is None:
             cookie = context.fetcher.load_whole(self.fs, cookie)
@@ -375,16 +382,35 @@ class NetCacheFileSystem(ChainedFileSystem):
             return self._file_ranges(paths[0], starts, ends, on_error) if paths else []
         out: list[Any] = [None] * len(paths)
         jobs = []
+        workers = self.context.file_workers
+        bs, limit = self.config.block_size, self.context.fetcher.look_limit
+        cold: dict[str, list[Span]] = {}  # files to take a first look at, in waves
         for p, indices in by_path.items():
             file_starts, file_ends = [starts[i] for i in indices], [ends[i] for i in indices]
             answers = self._resident_ranges(p, file_starts, file_ends)
+            if answers is None and self.context.cookies.would_look(
+                self._target_path(p), self.config.check_interval
+            ):
+                spans = look_spans(list(zip(file_starts, file_ends, strict=True)), bs, limit)
+                if spans:
+                    cold[p] = spans
+                    continue
             if answers is None:
                 # A thread a file, as plain fsspec sends its requests at once. No
                 # deadlock: a worker waits only for pages claimed by fetches under way.
-                answers = self.context.file_workers.submit(
-                    self._file_ranges, p, file_starts, file_ends, on_error
-                )
-            jobs.append((indices, answers))
+                answers = workers.submit(self._file_ranges, p, file_starts, file_ends, on_error)
+            jobs.append((by_path[p], answers))
+        for wave in _waves(cold, limit):
+            # the first looks of many files at once, as plain fsspec's requests go out; a
+            # wave's files are read (on the workers) while the next wave is looked at
+            looked = first_looks(self.fs, {self._target_path(p): wave[p] for p in wave}, bs)
+            for p in wave:
+                indices = by_path[p]
+                answer = looked[self._target_path(p)]
+                answers = workers.submit(self._file_ranges, p, [starts[i] for i in indices],
+                                         [ends[i] for i in indices], on_error, answer,
+                                         answer is not None)  # fmt: skip
+                jobs.append((indices, answers))
         for indices, answers in jobs:
             if not isinstance(answers, list):
                 answers = answers.result()
@@ -408,13 +434,21 @@ class NetCacheFileSystem(ChainedFileSystem):
         return out
 
     def _file_ranges(
-        self, path: str, starts: list[Any], ends: list[Any], on_error: str
+        self,
+        path: str,
+        starts: list[Any],
+        ends: list[Any],
+        on_error: str,
+        looked: Looked | None = None,
+        look: bool = True,
     ) -> list[Any]:
-        """Ranges of one file, its missing pages fetched together."""
+        """Ranges of one file, its missing pages fetched together. ``looked``: the first
+        look at the file, taken already; ``look``: whether one may be taken (not after
+        one failed)."""
         try:
             # a first open fetches the pages of every range with the version
-            reading = list(zip(starts, ends, strict=True))
-            cookie = self._cookie(self._target_path(path), reading=reading)
+            reading = list(zip(starts, ends, strict=True)) if look else []
+            cookie = self._cookie(self._target_path(path), reading=reading, looked=looked)
         except Exception as exc:  # no version (a missing file): the answer of every range
             if on_error != "return":
                 raise
@@ -726,3 +760,20 @@ def _absolute_range(size: int, start: int | None, end: int | None) -> tuple[int,
     lo = 0 if start is None else (max(0, size + start) if start < 0 else start)
     hi = size if end is None else (max(0, size + end) if end < 0 else min(end, size))
     return lo, max(lo, hi)
+
+
+def _waves(spans: dict[str, list[Span]], limit: int) -> Iterator[dict[str, list[Span]]]:
+    """``spans`` (path -> its first look's spans) in waves of at most ``limit`` bytes in
+    all (one file's may be more): the pages of a first look are offered, not claimed,
+    so a wave must fit in memory until its files are read."""
+    wave: dict[str, list[Span]] = {}
+    nbytes = 0
+    for path, file_spans in spans.items():
+        size = sum(hi - lo for lo, hi in file_spans)
+        if wave and nbytes + size > limit:
+            yield wave
+            wave, nbytes = {}, 0
+        wave[path] = file_spans
+        nbytes += size
+    if wave:
+        yield wave

@@ -28,7 +28,8 @@ from fsspec.asyn import _run_coros_in_chunks, sync
 
 from netcache.buffers import PageFiller
 from netcache.http import streams_pages
-from netcache.s3 import get_ranges, is_s3
+from netcache.s3 import get_ranges_async as get_s3_ranges
+from netcache.s3 import is_s3
 
 if TYPE_CHECKING:
     from fsspec.implementations.http import HTTPFileSystem
@@ -78,6 +79,12 @@ def look_spans(
     return joined if sum(hi - lo for lo, hi in joined) <= limit else []
 
 
+#: What a first look at one file found: its info and each span's bytes; None where the
+#: target offers no such request or an answer was not plain (ask ``info()``); or the
+#: ``FileNotFoundError`` that ``info()`` would raise.
+Looked = tuple[dict[str, Any], list[PageFiller]] | FileNotFoundError | None
+
+
 def first_look(
     target: AbstractFileSystem, path: str, spans: list[Span], page_size: int
 ) -> tuple[dict[str, Any], list[PageFiller]] | None:
@@ -85,18 +92,39 @@ def first_look(
     ``page_size``, as they arrive, and cut short by the end of the file), or None where
     the target offers no such request or an answer is not plain; raises
     ``FileNotFoundError`` if there is no such file."""
-    if not spans:
-        return None
+    looked = first_looks(target, {path: spans}, page_size)[path] if spans else None
+    if isinstance(looked, FileNotFoundError):  # as info() would say it
+        raise looked
+    return looked
+
+
+def first_looks(
+    target: AbstractFileSystem, spans: dict[str, list[Span]], page_size: int
+) -> dict[str, Looked]:
+    """A first look at each file of ``spans`` (path -> its spans), all of them at once
+    on the target's event loop, as fsspec's ``cat`` of many files sends its requests."""
+    if streams_pages(target):  # a subclass with requests of its own is asked info()
+        look = _http_first_look
+    elif is_s3(target):
+        look = _s3_first_look
+    else:
+        return dict.fromkeys(spans)
+
+    async def all_files() -> list[Any]:
+        return await asyncio.gather(*(look(target, path, file_spans, page_size)
+                                      for path, file_spans in spans.items()),
+                                    return_exceptions=True)  # fmt: skip
+
     try:
-        if streams_pages(target):  # a subclass with requests of its own: info()
-            return sync(target.loop, _http_first_look, target, path, spans, page_size)  # type: ignore[no-any-return]
-        if is_s3(target):
-            return _s3_first_look(target, path, spans, page_size)
-    except FileNotFoundError:  # as info() would say it: asking again costs a request
-        raise
+        found = sync(target.loop, all_files)
     except Exception:  # the caller's info() raises the error in fsspec's own form
-        return None
-    return None
+        return dict.fromkeys(spans)
+    out: dict[str, Looked] = {}
+    for path, looked in zip(spans, found, strict=True):
+        # anything else than no such file: info() says it in fsspec's own form
+        failed = isinstance(looked, BaseException) and not isinstance(looked, FileNotFoundError)
+        out[path] = None if failed else looked
+    return out
 
 
 def _agreed(
@@ -104,7 +132,7 @@ def _agreed(
 ) -> tuple[dict[str, Any], list[PageFiller]] | None:
     """The first answer's info and every answer's bytes, if all came and all name one
     version (a file changed between two of the requests does not)."""
-    if any(a is None or isinstance(a, BaseException) for a in answers):
+    if not answers or any(a is None or isinstance(a, BaseException) for a in answers):
         return None
     looked: list[Answer] = answers  # type: ignore[assignment]
     info = looked[0][0]
@@ -113,17 +141,17 @@ def _agreed(
     return info, [body for _, body in looked]
 
 
-def _s3_first_look(
+async def _s3_first_look(
     target: Any, path: str, spans: list[Span], page_size: int
 ) -> tuple[dict[str, Any], list[PageFiller]] | None:
     """GetObjects of the spans: each answer says what s3fs's HEAD-based ``info()`` does
     (an empty object, or a span beyond the end, answers a range with an error:
     ``info()`` then)."""
     try:
-        answers = get_ranges(target, path, spans, page_size)
+        answers = await get_s3_ranges(target, path, spans, page_size, None)
     except FileNotFoundError:
         # no such object: a prefix of others is a folder, as info() would find by listing
-        if target.isdir(path):
+        if await target._isdir(path):
             return {"name": path, "size": 0, "type": "directory"}, []
         raise
     bucket, key, _ = target.split_path(path)

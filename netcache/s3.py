@@ -47,10 +47,10 @@ def get_ranges(
     :mod:`netcache.http`). With ``if_match``, an object whose ETag is another raises
     :class:`FileChangedError`; other errors are s3fs's own (a missing object is
     ``FileNotFoundError``)."""
-    return sync(target.loop, _get_ranges, target, path, ranges, page_size, if_match)  # type: ignore[no-any-return]
+    return sync(target.loop, get_ranges_async, target, path, ranges, page_size, if_match)  # type: ignore[no-any-return]
 
 
-async def _get_ranges(
+async def get_ranges_async(
     target: Any,
     path: str,
     ranges: list[tuple[int, int]],

@@ -131,9 +131,10 @@ def test_several_files_are_read_at_once_one_request_each(cache_dir: str) -> None
         got = fs.cat([*urls, missing], on_error="return")
         assert [got[u] for u in urls] == list(files.values())
         assert isinstance(got[missing], FileNotFoundError)
-        # one GET a file (the first look), none asked twice, several at once, bounded
+        # one GET a file (the first look), none asked twice, all at once (as plain
+        # fsspec's cat), not a worker thread's worth at a time
         assert (srv.gets, srv.heads) == (len(files) + 1, 0)
-        assert 1 < srv.most_in_flight <= FILE_WORKERS
+        assert srv.most_in_flight > FILE_WORKERS
         # warm files are answered on the caller's thread: no worker, no request
         submit = fs.context.file_workers.submit
         hops: list[object] = []

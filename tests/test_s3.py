@@ -210,6 +210,23 @@ def test_cold_cat_ranges_is_get_objects_only(s3: dict, tmp_path, calls) -> None:
     assert len(calls) == 3
 
 
+def test_cat_of_many_cold_objects_is_one_get_object_each(s3: dict, tmp_path, calls) -> None:  # type: ignore[type-arg, no-untyped-def]
+    fs = make(s3, str(tmp_path / "c"))
+    objects = {f"{s3['bucket']}/many/{i}.bin": payload(BS + 11 * i, 80 + i) for i in range(5)}
+    for path, data in objects.items():
+        fs.fs.pipe_file(path, data)
+    calls.clear()
+    missing = f"{s3['bucket']}/many/none.bin"
+    got = fs.cat([*objects, missing], on_error="return")
+    assert {p: got[p] for p in objects} == objects
+    assert isinstance(got[missing], FileNotFoundError)
+    # a GetObject an object (the missing one: and a listing, as info() would), no HEAD
+    methods = sorted(method for method, _ in calls)
+    assert methods == ["get_object"] * 6 + ["list_objects_v2"]
+    calls.clear()
+    assert fs.cat(list(objects)) == objects and calls == []
+
+
 def test_the_first_look_names_the_version_a_head_names(s3: dict, tmp_path) -> None:  # type: ignore[type-arg, no-untyped-def]
     from netcache.cookie import version_token
     from netcache.firstlook import first_look
