@@ -630,8 +630,18 @@ def test_a_run_of_pages_is_stored_in_two_writes_and_taken_slots_are_kept(
         writes.append((offset, [len(b) for b in buffers], direct))
         return pwritev(fd, buffers, offset)
 
+    opened: list[str] = []
+    real_open = os.open
+
+    def counting(path: str, flags: int, *args: int) -> int:
+        opened.append(path)
+        return real_open(path, flags, *args)
+
     monkeypatch.setattr(os, "pwritev", recording)
+    monkeypatch.setattr(os, "open", counting)
     backend.store_pages([(key, page_buffer(data[key])) for key in keys])
+    monkeypatch.setattr(os, "open", real_open)
+    assert len(opened) == 2  # a segment opened once for its bytes and its headers
     d = _takes_o_direct(cache_dir)  # whole pages' bytes bypass the OS page cache
     assert writes == [
         (table, [BS], d), (0, [HEADER], False),  # slot 1 is taken: left as it is
@@ -646,7 +656,7 @@ def test_a_run_of_pages_is_stored_in_two_writes_and_taken_slots_are_kept(
     assert len(loaded) == len(keys) - 1
 
 
-@pytest.mark.parametrize("refused_at", ["open", "write"])
+@pytest.mark.parametrize("refused_at", ["switch", "write"])
 def test_a_filesystem_refusing_o_direct_gets_buffered_writes(
     cache_dir: str, monkeypatch: pytest.MonkeyPatch, refused_at: str
 ) -> None:
@@ -657,22 +667,22 @@ def test_a_filesystem_refusing_o_direct_gets_buffered_writes(
     from netcache.buffers import page_buffer
 
     tried: list[object] = []
-    real_open, real_pwritev = os.open, os.pwritev
+    real_fcntl, real_pwritev = fcntl.fcntl, os.pwritev
 
-    def no_direct_open(path: str, flags: int, *args: int) -> int:
-        if flags & os.O_DIRECT:  # as tmpfs and some FUSE filesystems answer
-            tried.append(path)
+    def no_direct_switch(fd: int, cmd: int, arg: int = 0) -> int:
+        if cmd == fcntl.F_SETFL and arg & os.O_DIRECT:  # as tmpfs and some FUSE answer
+            tried.append(fd)
             raise OSError(errno.EINVAL, "Invalid argument")
-        return real_open(path, flags, *args)
+        return real_fcntl(fd, cmd, arg)
 
     def no_direct_write(fd: int, buffers: list[memoryview], offset: int) -> int:
-        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+        if real_fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
             tried.append(fd)
             raise OSError(errno.EINVAL, "Invalid argument")
         return real_pwritev(fd, buffers, offset)
 
-    if refused_at == "open":
-        monkeypatch.setattr(os, "open", no_direct_open)
+    if refused_at == "switch":
+        monkeypatch.setattr(fcntl, "fcntl", no_direct_switch)
     else:
         monkeypatch.setattr(os, "pwritev", no_direct_write)
     backend = DirectoryBackend(cache_dir, BS, 64 * MiB)
@@ -1029,3 +1039,20 @@ def test_segments_count_the_pages_they_hold(cache_dir: str) -> None:
     assert bytes(reader.load_page(far._replace(index=1))) == payload(BS, 1)  # type: ignore[arg-type]
     assert reader.usage().pages == 4 and reader.usage().used == table_size(per) + 4 * BS
     assert DirectoryBackend(cache_dir, BS, limit).usage().pages == 4  # and so does a rescan
+
+
+def test_folders_are_made_with_their_missing_parents_owner_only(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import stat
+
+    from netcache.backends.directory import _makedirs_private
+
+    deep = tmp_path / "a" / "b" / "c"
+    assert _makedirs_private(str(deep)) is True  # made, with its two missing parents
+    for folder in (tmp_path / "a", tmp_path / "a" / "b", deep):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert _makedirs_private(str(deep)) is False  # there already
+    assert _makedirs_private(str(tmp_path / "a" / "d")) is True  # its parent exists
+    (tmp_path / "f").write_bytes(b"")
+    assert _makedirs_private(str(tmp_path / "f")) is False  # a file of that name
+    with pytest.raises(NotADirectoryError):
+        _makedirs_private(str(tmp_path / "f" / "g"))
