@@ -203,20 +203,20 @@ class NetCacheFileSystem(ChainedFileSystem):
         """The version of ``path`` to read. ``reading``: the ranges about to be read
         (``(start, end)``, ``None`` for the start or the end of the file), so that a first
         open may fetch their pages in the requests that learn the version; ``looked``:
-        that first look, already taken (``_first_looks``)."""
+        that first look, taken already (``cat_ranges`` takes many at once)."""
         context = self.context
         bs = self.config.block_size
         spans = look_spans(reading, bs, context.fetcher.look_limit)
-        offered: list[PageFiller] = []
+        offered: list[tuple[int, PageFiller]] = []
 
         def look(tpath: str) -> dict[str, Any]:
             if isinstance(looked, FileNotFoundError):
                 raise looked
-            answer = looked or first_look(self.fs, tpath, spans, bs)
-            if answer is None:
+            found = looked or first_look(self.fs, tpath, spans, bs)
+            if found is None:
                 return self.fs.info(tpath)
-            offered.extend(answer[1])
-            return answer[0]
+            offered.extend(found[1])
+            return found[0]
 
         cookie = context.cookies.cookie(
             self.fs,
@@ -224,11 +224,11 @@ class NetCacheFileSystem(ChainedFileSystem):
             self.config.check_interval,
             refresh,
             self.offline,
-            first_look=look if spans else None,
+            first_look=look if spans or looked is not None else None,
         )
-        if offered:  # the cookie was made from those very answers: their bytes are its
-            for (start, _), answer in zip(spans, offered, strict=True):
-                context.fetcher.offer_pages(cookie, start, answer)
+        # the cookie was made from those very answers: their bytes are its version's
+        for start, answer in offered:
+            context.fetcher.offer_pages(cookie, start, answer)
         if cookie.size is None:
             cookie = context.fetcher.load_whole(self.fs, cookie)
             context.cookies.sized(cookie)

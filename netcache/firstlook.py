@@ -48,6 +48,8 @@ _S3_VERSION = ("size", "ETag", "VersionId")
 Span = tuple[int, int]
 #: One answer: the info it gives, and its bytes in pages.
 Answer = tuple[dict[str, Any], PageFiller]
+#: What a first look found: the file's info, and the bytes of each span from its start.
+Found = tuple[dict[str, Any], list[tuple[int, PageFiller]]]
 
 
 def look_spans(
@@ -82,13 +84,13 @@ def look_spans(
 #: What a first look at one file found: its info and each span's bytes; None where the
 #: target offers no such request or an answer was not plain (ask ``info()``); or the
 #: ``FileNotFoundError`` that ``info()`` would raise.
-Looked = tuple[dict[str, Any], list[PageFiller]] | FileNotFoundError | None
+Looked = Found | FileNotFoundError | None
 
 
 def first_look(
     target: AbstractFileSystem, path: str, spans: list[Span], page_size: int
-) -> tuple[dict[str, Any], list[PageFiller]] | None:
-    """``(info, the bytes of each span)`` of ``path`` (a span's bytes in pages of
+) -> Found | None:
+    """``(info, [(start, bytes) of each span])`` of ``path`` (a span's bytes in pages of
     ``page_size``, as they arrive, and cut short by the end of the file), or None where
     the target offers no such request or an answer is not plain; raises
     ``FileNotFoundError`` if there is no such file."""
@@ -128,9 +130,9 @@ def first_looks(
 
 
 def _agreed(
-    answers: Sequence[Answer | BaseException | None], version: tuple[str, ...]
-) -> tuple[dict[str, Any], list[PageFiller]] | None:
-    """The first answer's info and every answer's bytes, if all came and all name one
+    spans: list[Span], answers: Sequence[Answer | BaseException | None], version: tuple[str, ...]
+) -> Found | None:
+    """The first answer's info and every span's bytes, if all came and all name one
     version (a file changed between two of the requests does not)."""
     if not answers or any(a is None or isinstance(a, BaseException) for a in answers):
         return None
@@ -138,12 +140,10 @@ def _agreed(
     info = looked[0][0]
     if any([i.get(f) for f in version] != [info.get(f) for f in version] for i, _ in looked):
         return None
-    return info, [body for _, body in looked]
+    return info, [(start, body) for (start, _), (_, body) in zip(spans, looked, strict=True)]
 
 
-async def _s3_first_look(
-    target: Any, path: str, spans: list[Span], page_size: int
-) -> tuple[dict[str, Any], list[PageFiller]] | None:
+async def _s3_first_look(target: Any, path: str, spans: list[Span], page_size: int) -> Found | None:
     """GetObjects of the spans: each answer says what s3fs's HEAD-based ``info()`` does
     (an empty object, or a span beyond the end, answers a range with an error:
     ``info()`` then)."""
@@ -173,12 +173,12 @@ async def _s3_first_look(
             "ContentType": answer.get("ContentType"),
         }
         looked.append((info, body))
-    return _agreed(looked, _S3_VERSION)
+    return _agreed(spans, looked, _S3_VERSION)
 
 
 async def _http_first_look(
     target: HTTPFileSystem, path: str, spans: list[Span], page_size: int
-) -> tuple[dict[str, Any], list[PageFiller]] | None:
+) -> Found | None:
     session = await target.set_session()
     kwargs = dict(target.kwargs)
     headers = dict(kwargs.pop("headers", None) or {})
@@ -229,4 +229,4 @@ async def _http_first_look(
     for answer in answers:
         if isinstance(answer, FileNotFoundError):
             raise answer
-    return _agreed(answers, _HTTP_VERSION)
+    return _agreed(spans, answers, _HTTP_VERSION)

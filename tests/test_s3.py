@@ -243,7 +243,8 @@ def test_the_first_look_names_the_version_a_head_names(s3: dict, tmp_path) -> No
         target.pipe_file(path, data)
         looked = first_look(target, path, [(0, FIRST_LOOK_BYTES)], BS)
         assert looked is not None
-        info, [body] = looked
+        info, [(start, body)] = looked
+        assert start == 0
         head = target.info(path, refresh=True)
         assert [len(page) for page in body.pages] == [BS, BS, 7]
         assert b"".join(body.pages) == data and info["size"] == len(data) == head["size"]
