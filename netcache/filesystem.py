@@ -198,7 +198,7 @@ class NetCacheFileSystem(ChainedFileSystem):
         path: str,
         refresh: bool = False,
         reading: Sequence[Reading] = (),
-        looked: Looked | None = None,
+        looked: Looked = None,
     ) -> FileCookie:
         """The version of ``path`` to read. ``reading``: the ranges about to be read
         (``(start, end)``, ``None`` for the start or the end of the file), so that a first
@@ -399,7 +399,7 @@ class NetCacheFileSystem(ChainedFileSystem):
                 # A thread a file, as plain fsspec sends its requests at once. No
                 # deadlock: a worker waits only for pages claimed by fetches under way.
                 answers = workers.submit(self._file_ranges, p, file_starts, file_ends, on_error)
-            jobs.append((by_path[p], answers))
+            jobs.append((indices, answers))
         for wave in _waves(cold, limit):
             # the first looks of many files at once, as plain fsspec's requests go out; a
             # wave's files are read (on the workers) while the next wave is looked at
@@ -439,7 +439,7 @@ class NetCacheFileSystem(ChainedFileSystem):
         starts: list[Any],
         ends: list[Any],
         on_error: str,
-        looked: Looked | None = None,
+        looked: Looked = None,
         look: bool = True,
     ) -> list[Any]:
         """Ranges of one file, its missing pages fetched together. ``looked``: the first
