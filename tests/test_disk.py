@@ -1056,3 +1056,28 @@ def test_folders_are_made_with_their_missing_parents_owner_only(tmp_path) -> Non
     assert _makedirs_private(str(tmp_path / "f")) is False  # a file of that name
     with pytest.raises(NotADirectoryError):
         _makedirs_private(str(tmp_path / "f" / "g"))
+
+
+def test_a_fresh_folder_is_rebuilt_after_a_64th_of_the_limit_not_every_few_pages(
+    cache_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from netcache.backends import DirectoryBackend
+
+    rebuilds = 0
+    rescan = DirectoryBackend._rescan
+
+    def counting(self: DirectoryBackend) -> None:
+        nonlocal rebuilds
+        rebuilds += 1
+        rescan(self)
+
+    monkeypatch.setattr(DirectoryBackend, "_rescan", counting)
+    backend = DirectoryBackend(cache_dir, BS, 1024 * MiB)  # a 64th: 256 pages
+    assert rebuilds == 1  # at start
+    keys = [netcache.page.PageKey("ab" * 16, "cd" * 16, i) for i in range(300)]
+    for i in range(0, 250, 10):  # 4 segments: pages/8 alone would rebuild every 32 pages
+        backend.store_pages([(key, payload(BS, key.index)) for key in keys[i : i + 10]])
+    assert rebuilds == 1
+    backend.store_pages([(key, payload(BS, key.index)) for key in keys[250:]])
+    assert rebuilds == 2  # past 256 pages since the last
+    assert backend.usage().pages == 300
