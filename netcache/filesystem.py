@@ -764,8 +764,8 @@ def _absolute_range(size: int, start: int | None, end: int | None) -> tuple[int,
 
 def _waves(spans: dict[str, list[Span]], limit: int) -> Iterator[dict[str, list[Span]]]:
     """``spans`` (path -> its first look's spans) in waves of at most ``limit`` bytes in
-    all (one file's may be more): the pages of a first look are offered, not claimed,
-    so a wave must fit in memory until its files are read."""
+    all (``look_spans`` keeps each file's within it): a look's pages are offered, not
+    claimed, so a wave must fit in memory until its files are read."""
     wave: dict[str, list[Span]] = {}
     nbytes = 0
     for path, file_spans in spans.items():
