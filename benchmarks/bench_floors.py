@@ -14,14 +14,15 @@ the machine it runs on, for the targets it misses. Four parts, each the median o
    a file's OS page cache (what blockcache and simplecache do).
 3. **Copies out of the OS page cache** into a page-aligned buffer and into buffers that
    start 16 or 64 bytes into a page (a large ``bytearray`` starts 16 bytes in).
-4. **Cold read, CPU per thread.** A 256 MiB sequential read in a fresh process, for
-   netcache with and without its disk tier and for plain fsspec: wall time and the CPU
-   time of each thread (fsspec's event loop, the reader, netcache's read-ahead and
+4. **Cold reads, CPU per thread.** A 256 MiB sequential read, 200 files of 1 MiB opened
+   and read one by one, and a ``cat`` of them, each in a fresh process, for netcache
+   with and without its disk tier and for plain fsspec: wall time and the CPU time of
+   each thread (fsspec's event loop, the reader, netcache's read-ahead and
    write-back workers), and the memory each thread touched for the first time (minor
    faults). CPU summed over threads close to the wall time, with CPUs to spare, means
    the threads take turns: they wait for Python's GIL.
 
-    python benchmarks/bench_floors.py              # about half a minute here (Linux only)
+    python benchmarks/bench_floors.py              # about a minute here (Linux only)
     python benchmarks/bench_floors.py --repeat 5
 """
 
@@ -204,7 +205,7 @@ def fresh_memory(repeat: int, folder: str) -> dict[str, list[float]]:
 CHILD = r"""
 import json, os, shutil, sys, tempfile, threading, time
 import fsspec
-cache, url, folder = sys.argv[1:4]
+cache, url, folder, workload = sys.argv[1:5]
 if cache == "plain":
     fs = fsspec.filesystem("http", skip_instance_cache=True)
 else:
@@ -231,9 +232,17 @@ def by_thread():
     return out
 
 before, started = by_thread(), time.perf_counter()
-with fs.open(url + "/big.bin", "rb") as f:
-    while f.read(1 << 20):
-        pass
+small = [f"{url}/small/{i}.bin" for i in range(1, 201)]
+if workload == "seq":
+    with fs.open(url + "/big.bin", "rb") as f:
+        while f.read(1 << 20):
+            pass
+elif workload == "small":
+    for path in small:
+        with fs.open(path, "rb") as f:
+            f.read()
+else:
+    fs.cat(small)
 wall = (time.perf_counter() - started) * 1e3
 if cache != "plain":
     fs.flush(timeout=300)  # the write-back's CPU counts too
@@ -247,17 +256,25 @@ print(json.dumps({"wall": wall,
 """
 
 
-def cold_cpu(url: str, repeat: int, folder: str) -> dict[str, list[dict[str, Any]]]:
-    out: dict[str, list[dict[str, Any]]] = {}
+#: The cold reads whose CPU is counted thread by thread, and the MiB each reads.
+COLD_WORKLOADS = {"seq": ("sequential read of 256 MiB", 256),
+                  "small": ("200 files of 1 MiB, opened and read one by one", 200),
+                  "catmany": ("cat of 200 files of 1 MiB", 200)}  # fmt: skip
+
+
+def cold_cpu(url: str, repeat: int, folder: str) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """workload -> cache -> one measure a round."""
+    out: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for _ in range(repeat):
-        for cache in ("netcache", "netcache (no disk tier)", "plain"):
-            sub = tempfile.mkdtemp(dir=folder)
-            try:
-                done = subprocess.run([sys.executable, "-c", CHILD, cache, url, sub],
-                                      capture_output=True, text=True, check=True)  # fmt: skip
-            finally:
-                shutil.rmtree(sub, ignore_errors=True)
-            out.setdefault(cache, []).append(json.loads(done.stdout))
+        for workload in COLD_WORKLOADS:
+            for cache in ("netcache", "netcache (no disk tier)", "plain"):
+                sub = tempfile.mkdtemp(dir=folder)
+                try:
+                    done = subprocess.run([sys.executable, "-c", CHILD, cache, url, sub, workload],
+                                          capture_output=True, text=True, check=True)  # fmt: skip
+                finally:
+                    shutil.rmtree(sub, ignore_errors=True)
+                out.setdefault(workload, {}).setdefault(cache, []).append(json.loads(done.stdout))
     return out
 
 
@@ -267,7 +284,7 @@ Table = tuple[str, str, str, dict[str, list[float]]]
 
 
 def report(warm: list[tuple[str, list[float]]], tables: list[Table],
-           cold: dict[str, list[dict[str, Any]]], repeat: int) -> str:  # fmt: skip
+           cold: dict[str, dict[str, list[dict[str, Any]]]], repeat: int) -> str:  # fmt: skip
     med = statistics.median
     lines = [f"# Where the time goes: {os.cpu_count()} cores, median of {repeat} rounds "
              f"({5 * repeat} shorter ones for the warm reads)", "",
@@ -290,14 +307,25 @@ def report(warm: list[tuple[str, list[float]]], tables: list[Table],
         for how, values in values_by_way.items():
             ratio = med(a / b for a, b in zip(values, base, strict=True))
             lines.append(f"| {how} | {med(values):.0f} | {ratio:.2f} |")
+    for workload, by_cache in cold.items():
+        lines += cold_tables(workload, by_cache)
+    lines.append(f"\n(CPU ÷ wall near 1 on {os.cpu_count()} cores: the threads take turns "
+                 "holding the GIL. netcache's CPU includes flushing its write-back.)")  # fmt: skip
+    return "\n".join(lines)
+
+
+def cold_tables(workload: str, cold: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """The CPU and the fresh memory of each thread, for one workload."""
+    med = statistics.median
+    title, mib = COLD_WORKLOADS[workload]
     groups = sorted({g for runs in cold.values() for r in runs for g in r["cpu"]})
-    lines += ["", "## Cold sequential read of 256 MiB (0 ms), CPU ms per thread", "",
-              "| cache | MiB/s | " + " | ".join(groups) + " | CPU ÷ wall |",
-              "|---" * (len(groups) + 3) + "|"]  # fmt: skip
+    lines = ["", f"## Cold {title} (0 ms), CPU ms per thread", "",
+             "| cache | MiB/s | " + " | ".join(groups) + " | CPU ÷ wall |",
+             "|---" * (len(groups) + 3) + "|"]  # fmt: skip
     for cache, runs in cold.items():
         cells = [f"{med(r['cpu'].get(g, 0.0) for r in runs):.0f}" for g in groups]
         busy = med(sum(r["cpu"].values()) / r["wall"] for r in runs)
-        rate = med(256 * 1000 / r["wall"] for r in runs)
+        rate = med(mib * 1000 / r["wall"] for r in runs)
         lines.append(f"| {cache} | {rate:.0f} | " + " | ".join(cells) + f" | {busy:.2f} |")
     header = "| cache | " + " | ".join(groups) + " |"
     lines += ["", "Fresh memory (MiB first touched, from minor faults) per thread, same reads:",
@@ -305,9 +333,7 @@ def report(warm: list[tuple[str, list[float]]], tables: list[Table],
     for cache, runs in cold.items():
         cells = [f"{med(r['fresh'].get(g, 0.0) for r in runs):.0f}" for g in groups]
         lines.append(f"| {cache} | " + " | ".join(cells) + " |")
-    lines.append(f"\n(CPU ÷ wall near 1 on {os.cpu_count()} cores: the threads take turns "
-                 "holding the GIL. netcache's CPU includes flushing its write-back.)")  # fmt: skip
-    return "\n".join(lines)
+    return lines
 
 
 def main() -> None:
@@ -320,7 +346,7 @@ def main() -> None:
         sys.exit("bench_floors.py reads per-thread CPU from /proc: Linux only")
     size = 256 * MiB
     server = subprocess.Popen(
-        [sys.executable, "-m", "netcache.httpserver", "--size-mib", "256", "--small-files", "1"],
+        [sys.executable, "-m", "netcache.httpserver", "--size-mib", "256", "--small-files", "201"],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     folder = tempfile.mkdtemp(prefix="bench-floors-")

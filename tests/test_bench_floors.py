@@ -27,19 +27,23 @@ def test_report_takes_differences_and_ratios_within_each_round() -> None:
     }
     tables = [("Putting 256 MiB into memory", "ms", "a file's page cache", fill)]
     cold = {
-        "netcache": [
-            {
-                "wall": 1000.0,
-                "cpu": {"reader": 100.0, "fsspec event loop": 800.0},
-                "fresh": {"reader": 1.0, "fsspec event loop": 256.0},
-            },
-            {
-                "wall": 500.0,
-                "cpu": {"reader": 300.0, "fsspec event loop": 200.0},
-                "fresh": {"reader": 3.0, "fsspec event loop": 250.0},
-            },
-            {"wall": 800.0, "cpu": {"reader": 200.0}, "fresh": {"reader": 2.0}},
-        ]
+        "seq": {
+            "netcache": [
+                {
+                    "wall": 1000.0,
+                    "cpu": {"reader": 100.0, "fsspec event loop": 800.0},
+                    "fresh": {"reader": 1.0, "fsspec event loop": 256.0},
+                },
+                {
+                    "wall": 500.0,
+                    "cpu": {"reader": 300.0, "fsspec event loop": 200.0},
+                    "fresh": {"reader": 3.0, "fsspec event loop": 250.0},
+                },
+                {"wall": 800.0, "cpu": {"reader": 200.0}, "fresh": {"reader": 2.0}},
+            ]
+        },
+        # each workload its own table, its rate from its own MiB (200 in 1 s here)
+        "catmany": {"plain": [{"wall": 1000.0, "cpu": {"reader": 50.0}, "fresh": {}}]},
     }
     text = bench_floors.report(warm, tables, cold, 3)
     # round by round: 10-4, 20-8, 30-27 -> median 6 (the difference of medians is 12)
@@ -51,3 +55,6 @@ def test_report_takes_differences_and_ratios_within_each_round() -> None:
     assert "| fsspec event loop | reader | CPU ÷ wall |" in text
     assert "| netcache | 320 | 200 | 200 | 0.90 |" in text
     assert "| netcache | 250 | 2 |" in text
+    assert "## Cold sequential read of 256 MiB (0 ms), CPU ms per thread" in text
+    catmany = text.split("## Cold cat of 200 files of 1 MiB (0 ms), CPU ms per thread")[1]
+    assert "| plain | 200 | 50 | 0.05 |" in catmany
