@@ -14,15 +14,18 @@ the machine it runs on, for the targets it misses. Four parts, each the median o
    a file's OS page cache (what blockcache and simplecache do).
 3. **Copies out of the OS page cache** into a page-aligned buffer and into buffers that
    start 16 or 64 bytes into a page (a large ``bytearray`` starts 16 bytes in).
-4. **Cold reads, CPU per thread.** A 256 MiB sequential read, 200 files of 1 MiB opened
-   and read one by one, and a ``cat`` of them, each in a fresh process, for netcache
-   with and without its disk tier and for plain fsspec: wall time and the CPU time of
-   each thread (fsspec's event loop, the reader, netcache's read-ahead and
-   write-back workers), and the memory each thread touched for the first time (minor
-   faults). CPU summed over threads close to the wall time, with CPUs to spare, means
-   the threads take turns: they wait for Python's GIL.
+4. **Cold reads, CPU per thread.** A 256 MiB sequential read, a ``cat_ranges`` of 100
+   ranges of 256 KiB, 200 files of 1 MiB opened and read one by one, and a ``cat`` of
+   them, each in a fresh process, for netcache (most with and without its disk tier)
+   and plain fsspec; and the sequential read and 2000 random 64 KiB reads by a new
+   process from netcache's disk tier and from blockcache's file, once they have left
+   the OS page cache: wall time and the CPU time of each thread (fsspec's event loop,
+   the reader, netcache's read-ahead and write-back workers), and the memory each
+   thread touched for the first time (minor faults). CPU summed over threads close to
+   the wall time, with CPUs to spare, means the threads take turns: they wait for
+   Python's GIL.
 
-    python benchmarks/bench_floors.py              # about a minute here (Linux only)
+    python benchmarks/bench_floors.py              # about two minutes here (Linux only)
     python benchmarks/bench_floors.py --repeat 5
 """
 
@@ -42,6 +45,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_read import evict
 
 MiB = 1 << 20
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -203,11 +209,14 @@ def fresh_memory(repeat: int, folder: str) -> dict[str, list[float]]:
 
 
 CHILD = r"""
-import json, os, shutil, sys, tempfile, threading, time
+import json, os, random, shutil, sys, tempfile, threading, time
 import fsspec
 cache, url, folder, workload = sys.argv[1:5]
 if cache == "plain":
     fs = fsspec.filesystem("http", skip_instance_cache=True)
+elif cache == "blockcache":
+    fs = fsspec.filesystem("blockcache", target_protocol="http", cache_storage=folder,
+                           skip_instance_cache=True)
 else:
     import netcache
     fs = netcache.NetCacheFileSystem(target_protocol="http", check_interval=None,
@@ -233,10 +242,21 @@ def by_thread():
 
 before, started = by_thread(), time.perf_counter()
 small = [f"{url}/small/{i}.bin" for i in range(1, 201)]
+size = 256 << 20
 if workload == "seq":
     with fs.open(url + "/big.bin", "rb") as f:
         while f.read(1 << 20):
             pass
+elif workload == "random":  # as bench_read.py's
+    rng = random.Random(42)
+    with fs.open(url + "/big.bin", "rb") as f:
+        for _ in range(2000):
+            f.seek(rng.randrange(size - 65536))
+            f.read(65536)
+elif workload == "ranges":  # as bench_read.py's
+    rng = random.Random(7)
+    starts = sorted(rng.randrange(size - 256 * 1024) for _ in range(100))
+    fs.cat_ranges([url + "/big.bin"] * 100, starts, [s + 256 * 1024 for s in starts])
 elif workload == "small":
     for path in small:
         with fs.open(path, "rb") as f:
@@ -244,7 +264,7 @@ elif workload == "small":
 else:
     fs.cat(small)
 wall = (time.perf_counter() - started) * 1e3
-if cache != "plain":
+if cache.startswith("netcache"):
     fs.flush(timeout=300)  # the write-back's CPU counts too
 after = by_thread()
 zero = (0.0, 0)
@@ -256,25 +276,44 @@ print(json.dumps({"wall": wall,
 """
 
 
-#: The cold reads whose CPU is counted thread by thread, and the MiB each reads.
-COLD_WORKLOADS = {"seq": ("sequential read of 256 MiB", 256),
-                  "small": ("200 files of 1 MiB, opened and read one by one", 200),
-                  "catmany": ("cat of 200 files of 1 MiB", 200)}  # fmt: skip
+#: The cold reads whose CPU is counted thread by thread: their title, the MiB each reads,
+#: the caches compared. "disk ...": the read by a new process from the cache that the same
+#: read filled in another one, once its files have left the OS page cache.
+COLD_WORKLOADS = {
+    "seq": ("sequential read of 256 MiB", 256, ("netcache", "netcache (no disk tier)", "plain")),
+    "ranges": ("cat_ranges of 100 ranges of 256 KiB", 25, ("netcache", "plain")),
+    "small": ("200 files of 1 MiB, opened and read one by one", 200,
+              ("netcache", "netcache (no disk tier)", "plain")),
+    "catmany": ("cat of 200 files of 1 MiB", 200, ("netcache", "netcache (no disk tier)", "plain")),
+    "disk": ("sequential read of 256 MiB by a new process from disk", 256,
+             ("netcache", "blockcache")),
+    "disk random": ("2000 random 64 KiB reads by a new process from disk", 125,
+                    ("netcache", "blockcache")),
+}  # fmt: skip
 
 
 def cold_cpu(url: str, repeat: int, folder: str) -> dict[str, dict[str, list[dict[str, Any]]]]:
     """workload -> cache -> one measure a round."""
+
+    def child(cache: str, workload: str, sub: str) -> dict[str, Any]:
+        done = subprocess.run([sys.executable, "-c", CHILD, cache, url, sub, workload],
+                              capture_output=True, text=True, check=True)  # fmt: skip
+        return json.loads(done.stdout)  # type: ignore[no-any-return]
+
     out: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for _ in range(repeat):
-        for workload in COLD_WORKLOADS:
-            for cache in ("netcache", "netcache (no disk tier)", "plain"):
+        for workload, (_, _, caches) in COLD_WORKLOADS.items():
+            for cache in caches:
                 sub = tempfile.mkdtemp(dir=folder)
                 try:
-                    done = subprocess.run([sys.executable, "-c", CHILD, cache, url, sub, workload],
-                                          capture_output=True, text=True, check=True)  # fmt: skip
+                    reads = {"disk": "seq", "disk random": "random"}.get(workload, workload)
+                    if reads != workload:
+                        child(cache, reads, sub)  # fills the cache
+                        evict(sub)
+                    measured = child(cache, reads, sub)
                 finally:
                     shutil.rmtree(sub, ignore_errors=True)
-                out.setdefault(workload, {}).setdefault(cache, []).append(json.loads(done.stdout))
+                out.setdefault(workload, {}).setdefault(cache, []).append(measured)
     return out
 
 
@@ -317,7 +356,7 @@ def report(warm: list[tuple[str, list[float]]], tables: list[Table],
 def cold_tables(workload: str, cold: dict[str, list[dict[str, Any]]]) -> list[str]:
     """The CPU and the fresh memory of each thread, for one workload."""
     med = statistics.median
-    title, mib = COLD_WORKLOADS[workload]
+    title, mib, _ = COLD_WORKLOADS[workload]
     groups = sorted({g for runs in cold.values() for r in runs for g in r["cpu"]})
     lines = ["", f"## Cold {title} (0 ms), CPU ms per thread", "",
              "| cache | MiB/s | " + " | ".join(groups) + " | CPU ÷ wall |",
