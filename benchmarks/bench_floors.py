@@ -32,6 +32,7 @@ the machine it runs on, for the targets it misses. Four parts, each the median o
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import mmap
 import os
@@ -45,9 +46,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_read import evict
 
 MiB = 1 << 20
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -261,8 +259,10 @@ elif workload == "small":
     for path in small:
         with fs.open(path, "rb") as f:
             f.read()
-else:
+elif workload == "catmany":
     fs.cat(small)
+else:
+    raise SystemExit(f"no such workload: {workload}")
 wall = (time.perf_counter() - started) * 1e3
 if cache.startswith("netcache"):
     fs.flush(timeout=300)  # the write-back's CPU counts too
@@ -294,6 +294,7 @@ COLD_WORKLOADS = {
 
 def cold_cpu(url: str, repeat: int, folder: str) -> dict[str, dict[str, list[dict[str, Any]]]]:
     """workload -> cache -> one measure a round."""
+    evict = _bench_read().evict
 
     def child(cache: str, workload: str, sub: str) -> dict[str, Any]:
         done = subprocess.run([sys.executable, "-c", CHILD, cache, url, sub, workload],
@@ -315,6 +316,16 @@ def cold_cpu(url: str, repeat: int, folder: str) -> dict[str, dict[str, list[dic
                     shutil.rmtree(sub, ignore_errors=True)
                 out.setdefault(workload, {}).setdefault(cache, []).append(measured)
     return out
+
+
+def _bench_read() -> Any:
+    """``bench_read.py``, for its ``evict`` (a script beside this one, not a package)."""
+    path = Path(__file__).resolve().parent / "bench_read.py"
+    spec = importlib.util.spec_from_file_location("bench_read", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 #: A table of one measure for several ways: its title, the column's name, the way the
