@@ -25,8 +25,8 @@ the machine it runs on, for the targets it misses. Four parts, each the median o
    the wall time, with CPUs to spare, means the threads take turns: they wait for
    Python's GIL.
 
-    python benchmarks/bench_floors.py              # about two minutes here (Linux only)
-    python benchmarks/bench_floors.py --repeat 5
+    python benchmarks/bench_floors.py              # about a minute here (Linux only)
+    python benchmarks/bench_floors.py --repeat 5   # about two minutes
 """
 
 from __future__ import annotations
