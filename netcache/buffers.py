@@ -24,7 +24,6 @@ from collections.abc import Callable
 
 from netcache.errors import ShortReadError
 
-# memoryview: a page read from disk, in place in a mapping of its file
 PageBuffer = bytes | bytearray | mmap.mmap | memoryview
 
 # MAP_POPULATE faults the whole page in with the mmap call, which is cheaper than one
@@ -39,12 +38,12 @@ def empty_page_buffer(nbytes: int) -> mmap.mmap:
 
 def page_buffer(data: bytes | bytearray | memoryview) -> mmap.mmap:
     """A copy of ``data`` in its own mapping: a recycled one of the same size if any."""
-    buf = _new_page_buffer(len(data))
+    buf = blank_page_buffer(len(data))
     buf[:] = data
     return buf
 
 
-def _new_page_buffer(nbytes: int) -> mmap.mmap:
+def blank_page_buffer(nbytes: int) -> mmap.mmap:
     """A buffer of ``nbytes`` to overwrite whole: a recycled one if any, else a new one."""
     buf = _take_recycled(nbytes) if _kept.nbytes else None  # a stale peek costs nothing
     return buf if buf is not None else empty_page_buffer(nbytes)
@@ -88,7 +87,7 @@ class PageFiller:
         while view:
             page = self._page
             if page is None:
-                page = self._page = _new_page_buffer(
+                page = self._page = blank_page_buffer(
                     min(self.page_size, self.nbytes - len(self.pages) * self.page_size)
                 )
                 self.pages.append(page)

@@ -15,7 +15,7 @@ from fsspec import AbstractFileSystem
 from netcache.backends.base import Backend
 from netcache.buffers import PageFiller, page_buffer
 from netcache.cookie import FileCookie, strong_etag, version_token
-from netcache.errors import FileChangedError, ReadaheadFailed, ShortReadError
+from netcache.errors import CorruptPageError, FileChangedError, ReadaheadFailed, ShortReadError
 from netcache.firstlook import FIRST_LOOK_BYTES
 from netcache.http import get_ranges as get_http_ranges
 from netcache.http import if_match_headers, is_http, streams_pages
@@ -279,7 +279,7 @@ class PageFetcher:
         page cache's current ones (private, or disowned) are met without admitting."""
         got: dict[PageKey, Page] = {}
         try:
-            missing = self._from_disk(claimed, got)
+            missing = self._from_disk(claimed, wanted, got)
             by_cookie: dict[FileCookie, list[int]] = {}
             for key in missing:
                 by_cookie.setdefault(wanted[key], []).append(key.index)
@@ -295,23 +295,35 @@ class PageFetcher:
         return got
 
     def _from_disk(
-        self, claimed: dict[PageKey, Future[Page]], got: dict[PageKey, Page]
+        self,
+        claimed: dict[PageKey, Future[Page]],
+        wanted: dict[PageKey, FileCookie],
+        got: dict[PageKey, Page],
     ) -> list[PageKey]:
         """Meet the claims the disk tier can (in one call, so that it reads runs of
-        pages at once); return the keys it could not serve."""
+        pages at once); return the keys it could not serve. A page of another length
+        than its place in the file calls for is damaged, whatever its checksum says."""
         if self.backend is None:
             return list(claimed)
         try:
             loaded = self.backend.load_pages(list(claimed))
-        except OSError as exc:  # the whole tier failing: every page is a miss
+        except Exception as exc:  # the whole tier failing: every page is a miss
             loaded = dict.fromkeys(claimed, exc)
         missing = []
+        bs = self.block_size
         for key, future in claimed.items():
             data = loaded.get(key)
             if data is None:
                 missing.append(key)
                 continue
-            if isinstance(data, OSError):
+            size = wanted[key].size
+            assert size is not None
+            if not isinstance(data, BaseException) and len(data) != min(bs, size - key.index * bs):
+                data = CorruptPageError(
+                    f"page {key.index}: {len(data)} bytes, not as the file's size says"
+                )
+                self._discard_from_disk(key)
+            if isinstance(data, BaseException):
                 self._counters.add("disk.rerr")
                 self._warn(
                     "disk-read",
@@ -320,15 +332,24 @@ class PageFetcher:
                 )
                 missing.append(key)
                 continue
-            page = Page(
-                key, data if isinstance(data, (mmap.mmap, memoryview)) else page_buffer(data)
-            )
+            # a backend's own buffer is taken as it is; a view may share memory that
+            # someone can still write, so it is copied once
+            page = Page(key, data if type(data) in (mmap.mmap, bytes) else page_buffer(data))
             page.state = StoreState.STORED
             self.page_cache.complete(page, future)
             got[key] = page
         if len(missing) < len(claimed):
             self._counters.add("retrievals.disk", len(claimed) - len(missing))
         return missing
+
+    def _discard_from_disk(self, key: PageKey) -> None:
+        """Clear a damaged page from the disk tier, so that it is stored again."""
+        assert self.backend is not None
+        try:
+            self.backend.discard_page(key)
+        except Exception as exc:
+            self._counters.add("disk.werr")
+            self._warn("discard", "netcache: removing a damaged page failed: %r", exc)
 
     def _from_remote(
         self,

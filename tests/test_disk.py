@@ -8,6 +8,7 @@ import logging
 import mmap
 import os
 import stat
+import subprocess
 import sys
 import threading
 import time
@@ -379,28 +380,37 @@ def _all_on_disk(
     return fs, url, data
 
 
-def test_pages_read_from_disk_are_mappings_of_their_files(
-    server: RangeServer, cache_dir: str
+_DAMAGE = """
+import os, sys
+path, at, length, how = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+fd = os.open(path, os.O_WRONLY)
+if how == "flip":
+    os.pwrite(fd, bytes(b ^ 0xFF for b in os.pread(os.open(path, os.O_RDONLY), length, at)), at)
+elif how == "zero":
+    os.pwrite(fd, bytes(length), at)
+else:
+    os.ftruncate(fd, 0)
+"""
+
+
+@pytest.mark.parametrize("damage", ["flip", "zero", "truncate"])
+def test_a_page_read_from_disk_never_changes_under_its_holder(
+    server: RangeServer, cache_dir: str, damage: str
 ) -> None:
     fs, url, data = _all_on_disk(server, cache_dir)
     fs = _reopen(cache_dir)
     assert fs.cat_file(url, 0, 3 * BS) == data[: 3 * BS]
+    assert fs.stats().retrievals.disk == 3
     cookie = fs._cookie(url)
-    page = fs.context.page_cache.lookup_resident(cookie.file_id, cookie.version, 1, 1)[0]
-    assert isinstance(page.data, memoryview) and len(page.data) == BS
-    # netcache culls (unlink), and writes a slot only with the bytes it holds: a mapped
-    # page keeps its bytes whatever happens to its segment's name, and to other slots
-    victim = segment_files(cache_dir)[0]
-    fs.context.backend.discard_page(  # clears page 0's header (as for a damaged page)
-        netcache.page.PageKey(cookie.file_id, cookie.version, 0)
-    )
-    replacement = victim + ".new"
-    with open(replacement, "wb") as f:
-        f.write(b"\0" * os.path.getsize(victim))
-    os.replace(replacement, victim)
-    assert fs.cat_file(url, 0, 3 * BS) == data[: 3 * BS]
-    os.unlink(victim)
-    assert fs.cat_file(url, 0, 3 * BS) == data[: 3 * BS]
+    # another process damages the bytes, zeroes them or truncates the segment (which
+    # killed a reader holding a mapping of it with SIGBUS)
+    path, _, at = stored_pages(cache_dir)[1]
+    subprocess.run([sys.executable, "-c", _DAMAGE, path, str(at), str(BS), damage], check=True)
+    server.reset_counts()
+    assert fs.cat_file(url, 0, 3 * BS) == data[: 3 * BS]  # served from memory, as checked
+    assert server.gets == 0
+    pages = fs.context.page_cache.lookup_resident(cookie.file_id, cookie.version, 0, 2)
+    assert all(type(page.data) is mmap.mmap for page in pages)  # memory of its own
 
 
 def _first_half_on_disk(
@@ -492,22 +502,6 @@ def test_deferred_stores_of_an_invalidated_file_are_dropped() -> None:
     assert len(backend.stored) <= 2 and fs.disk_usage().pages == 0
 
 
-def test_a_folder_that_cannot_be_mapped_is_read_by_copy(
-    server: RangeServer, cache_dir: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    fs, url, data = _all_on_disk(server, cache_dir)
-
-    def refuse(fd: int, offset: int, length: int) -> object:
-        raise OSError(19, "No such device")  # ENODEV: this filesystem cannot map files
-
-    monkeypatch.setattr(directory, "_map_file", refuse)
-    fs = _reopen(cache_dir)
-    server.reset_counts()
-    assert fs.cat_file(url) == data and server.gets == 0
-    st = fs.stats()
-    assert st.retrievals.disk == len(range(0, len(data), BS)) and st.disk.rerr == 0
-
-
 def test_readahead_tells_the_disk_which_pages_come_next(
     server: RangeServer, cache_dir: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -560,7 +554,7 @@ def test_a_warm_sequential_read_asks_the_disk_tier_nothing(
     assert fs.stats().retrievals.mem >= len(data) // BS
 
 
-def test_adjacent_pages_load_in_one_mapping_and_damage_spoils_only_its_page(
+def test_adjacent_pages_load_in_one_read_and_damage_spoils_only_its_page(
     cache_dir: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from netcache.backends import DirectoryBackend
@@ -569,22 +563,20 @@ def test_adjacent_pages_load_in_one_mapping_and_damage_spoils_only_its_page(
     keys = [netcache.page.PageKey("ab" * 16, "cd" * 16, i) for i in range(10)]
     for key in keys[:4] + keys[5:8]:  # slots 0-3 and 5-7: two runs
         backend.store_page(key, payload(BS, key.index))
-    mapped: list[tuple[int, int]] = []
-    map_file = directory._map_file
+    reads: list[int] = []
+    preadv = os.preadv
 
-    def recording(fd: int, offset: int, length: int) -> memoryview:
-        mapped.append((offset, length))
-        return map_file(fd, offset, length)
+    def recording(fd: int, buffers: list[memoryview], offset: int) -> int:
+        reads.append(sum(len(b) for b in buffers))
+        return preadv(fd, buffers, offset)
 
-    monkeypatch.setattr(directory, "_map_file", recording)
+    monkeypatch.setattr(os, "preadv", recording)
     reader = DirectoryBackend(cache_dir, BS, 64 * MiB)  # another process: no index yet
     loaded = reader.load_pages(keys)
     assert sorted(k.index for k in loaded) == [0, 1, 2, 3, 5, 6, 7]
     assert all(bytes(loaded[k]) == payload(BS, k.index) for k in loaded)  # type: ignore[arg-type]
-    assert [length for _, length in mapped] == [4 * BS, 3 * BS]  # one mapping per run
-    first = loaded.pop(keys[0])
-    loaded.clear()  # its siblings dropped: the shared mapping lives on for the one kept
-    assert bytes(first) == payload(BS, 0)  # type: ignore[arg-type]
+    assert reads == [4 * BS, 3 * BS]  # one read per run, each page into its own buffer
+    assert all(type(buf) is mmap.mmap for buf in loaded.values())
 
     path, _, data_at = stored_pages(cache_dir)[6]
     with open(path, "r+b") as f:  # one flipped byte in the middle of a run

@@ -14,7 +14,7 @@ import secrets
 import shutil
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import psutil
@@ -29,7 +29,7 @@ from netcache.backends.base import (
     check_payload,
     page_header,
 )
-from netcache.buffers import PageBuffer, empty_page_buffer
+from netcache.buffers import PageBuffer, blank_page_buffer, empty_page_buffer
 from netcache.errors import CorruptPageError
 from netcache.page import PageKey
 
@@ -56,10 +56,6 @@ _RECENCY_GRAIN = 10.0
 #: files that are not there).
 _MAX_CREATED = 1 << 16
 
-# Not MAP_POPULATE: populating maps 4 KiB at a time, where faults map what the kernel's
-# read-ahead put in the OS page cache a large folio at a time (a new process reading
-# 256 MiB from disk: ~20% faster without it, with the read-through hint below).
-_MAP_FLAGS = mmap.MAP_PRIVATE
 #: Bytes a hint copies at a time where it cannot use sendfile (into a buffer of each
 #: read-ahead thread's).
 _HINT_READ_BYTES = 1 << 20
@@ -68,14 +64,6 @@ _O_DIRECT: int = getattr(os, "O_DIRECT", 0)
 #: use, 512 or 4096); page buffers are mappings, so their addresses are aligned too.
 _DIRECT_ALIGN = 4096
 _Slotted = TypeVar("_Slotted", bound=tuple[Any, ...])  # an item whose first field is a slot
-
-
-def _map_file(fd: int, offset: int, length: int) -> memoryview:
-    """A private read-only mapping of ``length`` bytes of ``fd`` from ``offset``."""
-    aligned = offset - offset % mmap.ALLOCATIONGRANULARITY
-    mapping = mmap.mmap(fd, length + offset - aligned, flags=_MAP_FLAGS, prot=mmap.PROT_READ,
-                        offset=aligned)  # fmt: skip
-    return memoryview(mapping)[offset - aligned :]
 
 
 _hint_buffers = threading.local()
@@ -143,7 +131,7 @@ def segment_pages(block_size: int, limit: int) -> int:
 
 def table_size(pages: int) -> int:
     """Bytes of a segment's header table: page headers, padded so that page data starts
-    on an allocation boundary (it can be mapped in place)."""
+    on an allocation boundary (aligned as ``O_DIRECT`` writes need)."""
     grain = mmap.ALLOCATIONGRANULARITY
     return -(-pages * HEADER_SIZE // grain) * grain
 
@@ -225,16 +213,11 @@ class DirectoryBackend(Backend):
 
     Space: a segment is sparse; it counts as its table plus the pages it holds.
 
-    Reading: pages loaded together from adjacent slots (a reader's run) share one
-    private read-only mapping of those slots, used in place (no copy into fresh memory,
-    and its memory is the OS page cache's); it is unmapped when the last of its pages is
-    dropped, so a page kept longer than its neighbours keeps the run mapped. A slot is
-    written once (a store finding a page there leaves it, until a damaged page's header
-    is cleared), and a segment never shrinks (culling unlinks it; a mapping keeps its
-    inode), so the bytes under a mapping do not change,
-    and only someone truncating a segment by hand while a process has it mapped could
-    fault that process (SIGBUS): clear a folder with ``python -m netcache clear``, which
-    unlinks.
+    Reading: each page is read into memory of its own (a recycled page buffer where
+    one is free), one ``preadv`` per run of adjacent slots, and its CRC32C checked once
+    there. What a process holds never changes after that check, whatever happens to the
+    segment: another process writing it, a slot cleared, the file truncated (which
+    would kill a reader holding a mapping of it with SIGBUS) or a failing disk.
 
     Thread-safety: one lock guards the index, the slot masks and the counters; file I/O
     runs outside it. Writers make file folders under a second lock, so that a folder
@@ -424,39 +407,31 @@ class DirectoryBackend(Backend):
                 pages[slot] = exc
                 continue
             headers.append((slot, key, header, length))
-        for run in _runs(headers):
+        for run in _runs(headers, ends_run=lambda item: item[3] != self.block_size):
             self._read_run(fd, run, pages)
         return pages, held, st
 
     def _read_run(self, fd: int, run: list[tuple[int, PageKey, bytes, int]],
                   pages: dict[int, PageBuffer | OSError]) -> None:  # fmt: skip
-        """Pages of adjacent slots, in one mapping that they share (it is unmapped when
-        the last of them is dropped), each checked against its header."""
-        bs = self.block_size
-        first = run[0][0]
-        offset = self._table + first * bs
-        length = (run[-1][0] - first) * bs + run[-1][3]
+        """Pages of adjacent slots (whole pages but the last), read with one call into
+        buffers of their own, each then checked against its header."""
+        buffers = [blank_page_buffer(size) for *_, size in run]
+        at = self._table + run[0][0] * self.block_size
         try:
-            try:
-                view: memoryview | None = _map_file(fd, offset, length)
-            except OSError:  # a filesystem that cannot map files (some FUSE and network ones)
-                view = None
-            for slot, key, header, size in run:
-                if view is not None:
-                    data: PageBuffer = view[(slot - first) * bs : (slot - first) * bs + size]
-                else:
-                    data = empty_page_buffer(size)
-                    if os.preadv(fd, [data], self._table + slot * bs) != size:
-                        raise CorruptPageError(f"page {key.index}: segment changed while read")
-                try:
-                    check_payload(header, key, data)  # type: ignore[arg-type]
-                except CorruptPageError as exc:
-                    pages[slot] = exc
-                    continue
-                pages[slot] = data
+            complete = _vectored_all(os.preadv, fd, buffers, at)
         except OSError as exc:
             for slot, *_ in run:
-                pages.setdefault(slot, exc)
+                pages[slot] = exc
+            return
+        for (slot, key, header, _), data in zip(run, buffers, strict=True):
+            try:
+                if not complete:
+                    raise CorruptPageError(f"page {key.index}: segment changed while read")
+                check_payload(header, key, data)
+            except CorruptPageError as exc:
+                pages[slot] = exc
+                continue
+            pages[slot] = data
 
     def store_page(self, key: PageKey, data: PageBuffer) -> None:
         self.store_pages([(key, data)])
@@ -764,11 +739,14 @@ class DirectoryBackend(Backend):
         self._unlink_culled(culled)
 
 
-def _runs(items: list[_Slotted]) -> Iterator[list[_Slotted]]:
-    """Items (slot first, in order of slot) grouped into runs of adjacent slots."""
+def _runs(
+    items: list[_Slotted], ends_run: Callable[[_Slotted], bool] = lambda item: False
+) -> Iterator[list[_Slotted]]:
+    """Items (slot first, in order of slot) grouped into runs of adjacent slots; an item
+    for which ``ends_run`` is true is the last of its run."""
     run: list[_Slotted] = []
     for item in items:
-        if run and item[0] != run[-1][0] + 1:
+        if run and (item[0] != run[-1][0] + 1 or ends_run(run[-1])):
             yield run
             run = []
         run.append(item)
@@ -793,14 +771,30 @@ def _spans(free: list[int], whole: list[bool]) -> Iterator[tuple[int, int]]:
 
 def _pwrite_all(fd: int, buffers: Sequence[PageBuffer | bytes], offset: int) -> None:
     """Write ``buffers`` one after another from ``offset``, however many calls it takes."""
+    if not _vectored_all(os.pwritev, fd, buffers, offset):
+        raise OSError(errno.EIO, "a write made no progress")
+
+
+def _vectored_all(
+    call: Callable[[int, list[memoryview], int], int],
+    fd: int,
+    buffers: Sequence[PageBuffer | bytes],
+    offset: int,
+) -> bool:
+    """Fill (``os.preadv``) or write (``os.pwritev``) ``buffers`` one after another from
+    ``offset``, however many calls it takes; False if a call moved nothing (a read at
+    the file's end)."""
     views = [memoryview(b).cast("B") for b in buffers]
     while views:
-        done = os.pwritev(fd, views, offset)
+        done = call(fd, views, offset)
+        if done <= 0:
+            return False
         offset += done
         while views and done >= len(views[0]):
             done -= len(views.pop(0))
         if views and done:
             views[0] = views[0][done:]
+    return True
 
 
 def _entries(top: str, rel: str = "") -> Iterator[tuple[str, os.DirEntry[str]]]:
