@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from netcache.backends.directory import LAYOUT, parse_segment_name, stored_slots
+from netcache.backends.base import MAX_META_BYTES, decode_meta
+from netcache.backends.directory import LAYOUT, META_NAME, parse_segment_name, stored_slots
+from netcache.backends.folder import CacheFolder, remove_at
 from netcache.identity import redact_url
 from netcache.sizes import format_size
 
@@ -22,49 +23,72 @@ class CachedFile:
     size: int | None
     pages: int = 0
     bytes: int = 0
-    folder: str = field(default="", repr=False)
+    folder: str = field(default="", repr=False)  # relative to the files folder
 
 
-def scan(cache_dir: str) -> list[CachedFile]:
-    """Every cached file under ``cache_dir``; raises ``FileNotFoundError`` if it is not
-    a netcache folder."""
-    files_root = os.path.join(cache_dir, LAYOUT, "files")
-    if not os.path.isdir(files_root):
-        raise FileNotFoundError(f"{cache_dir} holds no netcache disk tier ({LAYOUT}/files)")
+def open_files_folder(cache_dir: str) -> CacheFolder:
+    """The disk tier's files folder under ``cache_dir``, checked as a cache checks it;
+    raises ``FileNotFoundError`` if it is not a netcache folder."""
+    try:
+        return CacheFolder(cache_dir, f"{LAYOUT}/files", create=False)
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"{cache_dir} holds no netcache disk tier ({LAYOUT}/files)"
+        ) from None
+
+
+def scan(folder: CacheFolder) -> list[CachedFile]:
+    """Every cached file in ``folder``; what is not a file's folder, a segment or
+    metadata (a link, a FIFO, a stray file) is passed over, never opened."""
     out = []
-    for shard in sorted(os.listdir(files_root)):
-        for file_id in sorted(os.listdir(os.path.join(files_root, shard))):
-            folder = os.path.join(files_root, shard, file_id)
-            meta = _read_meta(os.path.join(folder, "meta.json"))
-            entry = CachedFile(meta.get("url"), meta.get("size"), folder=folder)
-            for name in os.listdir(folder):
-                parsed = parse_segment_name(name)
-                if parsed is not None:
-                    path = os.path.join(folder, name)
-                    entry.pages += stored_slots(path, parsed[2]).bit_count()
-                    entry.bytes += _size(path)
-            out.append(entry)
+    for shard in sorted(folder.listdir("")):
+        try:
+            file_ids = sorted(folder.listdir(shard))
+        except OSError:  # not a folder, or not to be trusted
+            continue
+        for file_id in file_ids:
+            rel = f"{shard}/{file_id}"
+            try:
+                dir_fd, _ = folder.open_folder(rel)
+            except OSError:
+                continue
+            try:
+                out.append(_cached_file(folder, rel, dir_fd))
+            finally:
+                os.close(dir_fd)
     return out
 
 
-def _read_meta(path: str) -> dict[str, Any]:
-    try:
-        with open(path, "rb") as f:
-            meta = json.loads(f.read())
-    except (OSError, ValueError):
-        return {}
-    return meta if isinstance(meta, dict) else {}
+def _cached_file(folder: CacheFolder, rel: str, dir_fd: int) -> CachedFile:
+    meta = _read_meta(folder, rel)
+    url, size = meta.get("url"), meta.get("size")
+    entry = CachedFile(url if isinstance(url, str) else None,
+                       size if type(size) is int and size >= 0 else None, folder=rel)  # fmt: skip
+    for name in os.listdir(dir_fd):
+        parsed = parse_segment_name(name)
+        if parsed is not None:
+            try:
+                fd = folder.open_in(dir_fd, name, os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                entry.pages += stored_slots(fd, parsed[2]).bit_count()
+                entry.bytes += os.fstat(fd).st_size
+            finally:
+                os.close(fd)
+    return entry
 
 
-def _size(path: str) -> int:
+def _read_meta(folder: CacheFolder, rel: str) -> dict[str, Any]:
     try:
-        return os.path.getsize(path)
+        blob = folder.read_small(f"{rel}/{META_NAME}", MAX_META_BYTES)
+        return decode_meta(blob, rel) if blob is not None else {}
     except OSError:
-        return 0
+        return {}
 
 
 def stats(cache_dir: str, as_json: bool) -> str:
-    files = scan(cache_dir)
+    files = scan(open_files_folder(cache_dir))
     total = {"files": len(files), "pages": sum(f.pages for f in files),
              "bytes": sum(f.bytes for f in files)}  # fmt: skip
     if as_json:
@@ -85,23 +109,50 @@ def clear(cache_dir: str, older_than: float | None, url: str | None, as_json: bo
     removed_files = removed_pages = removed_bytes = 0
     cutoff = None if older_than is None else time.time() - older_than
     wanted = None if url is None else redact_url(url)
-    for f in scan(cache_dir):
+    folder = open_files_folder(cache_dir)
+    for f in scan(folder):
         if wanted is not None and f.url != wanted:
             continue
         if cutoff is None:
-            shutil.rmtree(f.folder, ignore_errors=True)
+            folder.remove(f.folder)
             removed_files += 1
             removed_pages += f.pages
             removed_bytes += f.bytes
             continue
-        for name in os.listdir(f.folder):
-            path = os.path.join(f.folder, name)
-            parsed = parse_segment_name(name)
-            if parsed is not None and os.path.getmtime(path) < cutoff:
-                removed_bytes += _size(path)
-                removed_pages += stored_slots(path, parsed[2]).bit_count()
-                os.unlink(path)
+        old = _older_segments(folder, f.folder, cutoff)
+        removed_pages += sum(pages for pages, _ in old)
+        removed_bytes += sum(nbytes for _, nbytes in old)
     report = {"files": removed_files, "pages": removed_pages, "bytes": removed_bytes}
     if as_json:
         return json.dumps({"removed": report})
     return f"removed {removed_pages} pages ({format_size(removed_bytes)}) of {cache_dir}"
+
+
+def _older_segments(folder: CacheFolder, rel: str, cutoff: float) -> list[tuple[int, int]]:
+    """Remove the segments of file folder ``rel`` not used since ``cutoff``; return the
+    pages and bytes of each."""
+    removed = []
+    try:
+        dir_fd, _ = folder.open_folder(rel)
+    except OSError:
+        return removed
+    try:
+        for name in os.listdir(dir_fd):
+            parsed = parse_segment_name(name)
+            if parsed is None:
+                continue
+            try:
+                fd = folder.open_in(dir_fd, name, os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                st = os.fstat(fd)
+                pages = stored_slots(fd, parsed[2]).bit_count()
+            finally:
+                os.close(fd)
+            if st.st_mtime < cutoff:
+                remove_at(dir_fd, name)
+                removed.append((pages, st.st_size))
+    finally:
+        os.close(dir_fd)
+    return removed

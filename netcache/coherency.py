@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -13,8 +14,9 @@ from fsspec import AbstractFileSystem
 
 from netcache.backends.base import Backend
 from netcache.cookie import FileCookie
+from netcache.errors import CorruptMetadataError
+from netcache.identity import digest, is_secret_option, redact_url
 from netcache.identity import file_id as make_file_id
-from netcache.identity import is_secret_option, redact_url
 from netcache.writeback import WritebackQueue
 
 META_FORMAT = 1
@@ -47,12 +49,14 @@ class CookieJar:
         writeback: WritebackQueue | None,
         on_change: Callable[[str, str], None],
         on_stale: Callable[[str, Exception], None],
+        on_damaged: Callable[[Exception], None],
     ) -> None:
         self.target_id = target_id
         self.backend = backend
         self._writeback = writeback
         self._on_change = on_change
         self._on_stale = on_stale
+        self._on_damaged = on_damaged
         self._lock = threading.Lock()
         # path -> (cookie, when its version was checked)
         self._cookies: cachetools.LRUCache[str, tuple[FileCookie, float]] = cachetools.LRUCache(
@@ -135,16 +139,13 @@ class CookieJar:
     def _from_disk(
         self, fid: str, path: str, check_interval: float | None, learn: bool = True
     ) -> FileCookie | None:
-        meta = self.backend.load_meta(fid) if self.backend is not None else None
-        if not meta or meta.get("format") != META_FORMAT:
+        meta = self._load_meta(fid)
+        if meta is None:
             return None
         try:
-            checked_at = float(meta["checked_at"])
-            info = dict(meta["info"], name=path)
-            cookie = FileCookie(
-                fid, path, str(meta["version"]), str(meta["token"]), meta["size"], info
-            )
-        except (KeyError, TypeError, ValueError):
+            cookie, checked_at = _cookie_of_meta(meta, fid, path)
+        except (KeyError, TypeError, ValueError) as exc:
+            self._on_damaged(CorruptMetadataError(f"metadata of {fid}: {exc}"))
             return None
         if not _fresh(checked_at, check_interval):
             return None
@@ -163,10 +164,20 @@ class CookieJar:
         # version (first sight or a change), not on every check: with check_interval=0
         # that would be a file rewrite on every read.
         if from_remote and self.backend is not None and previous != cookie.version:
-            meta = self.backend.load_meta(cookie.file_id) if previous is None else None
+            meta = self._load_meta(cookie.file_id) if previous is None else None
             if meta is not None and meta.get("version") != cookie.version:
                 self._on_change(cookie.file_id, cookie.version)
             self._store_meta(cookie, checked_at)
+
+    def _load_meta(self, fid: str) -> dict[str, Any] | None:
+        """The disk tier's metadata of ``fid``, or None: missing, or damaged (counted)."""
+        if self.backend is None:
+            return None
+        try:
+            return self.backend.load_meta(fid)
+        except Exception as exc:
+            self._on_damaged(exc)
+            return None
 
     def _store_meta(self, cookie: FileCookie, checked_at: float) -> None:
         if self._writeback is not None:
@@ -206,6 +217,26 @@ class CookieJar:
 
     def file_id(self, path: str) -> str:
         return make_file_id(self.target_id, path)
+
+
+def _cookie_of_meta(meta: dict[str, Any], fid: str, path: str) -> tuple[FileCookie, float]:
+    """The cookie and check time that metadata read from disk describe; raises unless
+    every field has its type and the fields agree (data, never trusted structure)."""
+    if meta.get("format") != META_FORMAT:
+        raise ValueError(f"format {meta.get('format')!r}")
+    checked_at, size, info = meta["checked_at"], meta["size"], meta["info"]
+    version, token = meta["version"], meta["token"]
+    if type(checked_at) not in (int, float) or not math.isfinite(checked_at):
+        raise TypeError("checked_at is not a time")
+    if not (isinstance(version, str) and isinstance(token, str) and isinstance(info, dict)):
+        raise TypeError("version, token or info of the wrong type")
+    unsized = size is None and info.get("size") is None  # a remote that reports none
+    if not unsized and (type(size) is not int or size < 0 or info.get("size", size) != size):
+        raise ValueError(f"size {size!r} is not a byte count that info agrees with")
+    if digest(token) != version:
+        raise ValueError("version is not its token's")
+    cookie = FileCookie(fid, path, version, token, size, dict(info, name=path))
+    return cookie, float(checked_at)
 
 
 def _unreachable(exc: BaseException) -> bool:

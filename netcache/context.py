@@ -19,7 +19,9 @@ import psutil
 
 from netcache.backends.base import Backend
 from netcache.backends.directory import DirectoryBackend
+from netcache.backends.folder import group_id
 from netcache.coherency import CookieJar
+from netcache.errors import UntrustedFolderError
 from netcache.fetch import PageFetcher
 from netcache.identity import redact_url
 from netcache.pagecache import PageCache
@@ -70,6 +72,7 @@ class CacheConfig:
     writeback_workers: int
     check_interval: float | None
     memory_monitor: MemoryPressureMonitor | None
+    trusted_gid: int | None = None
 
     @classmethod
     def build(
@@ -83,6 +86,7 @@ class CacheConfig:
         writeback_workers: Any,
         check_interval: Any,
         memory_monitor: Any = None,
+        trusted_group: Any = None,
     ) -> CacheConfig:
         if cache_dir is None:
             cache_dir = default_cache_dir()
@@ -157,6 +161,7 @@ class CacheConfig:
             writeback_workers,
             None if check_interval is None else float(check_interval),
             monitor,
+            group_id(trusted_group),
         )
 
     def conflicts(self, other: CacheConfig) -> list[str]:
@@ -233,6 +238,7 @@ class CacheContext:
             self.writeback,
             on_change=self.invalidate_file,
             on_stale=self._stale,
+            on_damaged=self._damaged_meta,
         )
         # no thread until the first read of several files; workers wait only for pages
         # claimed by fetches under way, never for another worker's queued job
@@ -243,8 +249,13 @@ class CacheContext:
             return self.config.cache_dir
         try:
             return DirectoryBackend(
-                self.config.cache_dir, self.config.block_size, self.config.disk_limit
+                self.config.cache_dir,
+                self.config.block_size,
+                self.config.disk_limit,
+                self.config.trusted_gid,
             )
+        except (UntrustedFolderError, NotADirectoryError):
+            raise  # the user's folder is wrong: say so, never run on quietly
         except OSError as exc:
             self._disk_error("open", exc)
             return None
@@ -257,6 +268,11 @@ class CacheContext:
             self.config.cache_dir,
             exc,
         )
+
+    def _damaged_meta(self, exc: Exception) -> None:
+        self.counters.add("disk.rerr")
+        self.warn("disk-meta", "netcache: a file's metadata in the disk tier could not be "
+                  "used (%s); asking the remote", exc)  # fmt: skip
 
     def _stale(self, path: str, exc: Exception) -> None:
         self.counters.add("retrievals.stale")

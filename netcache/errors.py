@@ -18,6 +18,16 @@ class CorruptPageError(OSError):
     """A page in the disk tier failed its header or checksum check."""
 
 
+class CorruptMetadataError(OSError):
+    """A file's metadata in the disk tier failed its checksum, type or size checks."""
+
+
 class ReadaheadFailed(OSError):
     """A read-ahead fetch failed. Readers waiting for its pages fetch them themselves;
     it never reaches a reader (netcache internal)."""
+
+
+class UntrustedFolderError(PermissionError):
+    """A cache folder, or something in it, that this process must not trust: it belongs
+    to another user, others can write it, or a link or special file stands where a
+    folder or a regular file should."""

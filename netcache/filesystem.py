@@ -101,6 +101,13 @@ class NetCacheFileSystem(ChainedFileSystem):
     memory_monitor:
         None: register with the process-wide :class:`~netcache.MemoryPressureMonitor`;
         False: none; or a monitor of your own (its limit, thresholds, probe).
+    trusted_group:
+        None (default): the cache folder, and everything in it, must belong to this user
+        and be writable by no one else, or construction raises
+        :class:`~netcache.errors.UntrustedFolderError` (as ssh refuses a ``~/.ssh`` that
+        others can write). A group name or id: a folder shared on purpose, which every
+        member of that group may write. Every member is then trusted with the bytes this
+        cache serves: any of them can plant pages that all the others read.
 
     All instances in a process naming the same ``cache_dir`` and target share one cache
     (fsspec makes an instance per thread); they must agree on every setting above, or the
@@ -125,6 +132,7 @@ class NetCacheFileSystem(ChainedFileSystem):
         writeback_workers: int = DEFAULT_WRITEBACK_WORKERS,
         check_interval: float | None = DEFAULT_CHECK_INTERVAL,
         memory_monitor: MemoryPressureMonitor | bool | None = None,
+        trusted_group: str | int | None = None,
         readahead: int | str | bool = DEFAULT_READAHEAD,
         offline: bool = False,
         fo: str | None = None,
@@ -149,6 +157,7 @@ class NetCacheFileSystem(ChainedFileSystem):
             writeback_workers,
             check_interval,
             memory_monitor,
+            trusted_group,
         )
         if readahead is True:
             readahead = DEFAULT_READAHEAD

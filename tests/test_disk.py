@@ -41,7 +41,11 @@ def stored_pages(cache_dir: str) -> dict[int, tuple[str, int, int]]:
     out = {}
     for path in segment_files(cache_dir):
         _, _, per_segment, segment = parse_segment_name(os.path.basename(path))  # type: ignore[misc]
-        mask = stored_slots(path, per_segment)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            mask = stored_slots(fd, per_segment)
+        finally:
+            os.close(fd)
         for slot in range(per_segment):
             if mask >> slot & 1:
                 out[segment * per_segment + slot] = (
@@ -270,12 +274,12 @@ def test_hostile_files_are_at_worst_a_miss(server: RangeServer, cache_dir: str) 
     assert fs.cat_file(url) == data
     st = fs.stats()
     pages = len(range(0, len(data), BS))
-    # the metadata was ignored (never unpickled or evaluated), so the file was opened with
-    # a first look, whose pages came with it; every other page failed its checksum and
-    # was fetched again
+    # the metadata was refused (never unpickled or evaluated) and counted, so the file
+    # was opened with a first look, whose pages came with it; every other page failed its
+    # checksum and was fetched again
     looked = FIRST_LOOK_BYTES // BS
     assert st.retrievals.disk == 0 and st.retrievals.remote == pages
-    assert st.disk.rerr == pages - looked
+    assert st.disk.rerr == pages - looked + 1
 
 
 def test_urls_never_become_paths(cache_dir: str) -> None:
@@ -625,9 +629,10 @@ def test_a_run_of_pages_is_stored_in_two_writes_and_taken_slots_are_kept(
     opened: list[str] = []
     real_open = os.open
 
-    def counting(path: str, flags: int, *args: int) -> int:
-        opened.append(path)
-        return real_open(path, flags, *args)
+    def counting(path: str, flags: int, *args: int, **kwargs: int) -> int:
+        if path.endswith(".seg"):
+            opened.append(path)
+        return real_open(path, flags, *args, **kwargs)
 
     monkeypatch.setattr(os, "pwritev", recording)
     monkeypatch.setattr(os, "open", counting)
@@ -970,17 +975,17 @@ def test_a_folder_is_known_as_ours_before_another_worker_fills_it(
 
     backend = DirectoryBackend(cache_dir, BS, 64 * MiB)
     keys = [netcache.page.PageKey("ab" * 16, "cd" * 16, i) for i in range(3)]
-    made = directory._makedirs_private
+    made = backend.folder.open_folder
     in_mkdir = threading.Event()
 
-    def slow_makedirs(folder: str) -> bool:
-        created = made(folder)
+    def slow_makedirs(folder: str, create: bool = False) -> tuple[int, bool]:
+        fd, created = made(folder, create)
         if created and folder.endswith(keys[0].file_id):
             in_mkdir.set()
             time.sleep(0.3)  # the worker that made it is held up (a GIL switch, a page fault)
-        return created
+        return fd, created
 
-    monkeypatch.setattr(directory, "_makedirs_private", slow_makedirs)
+    monkeypatch.setattr(backend.folder, "open_folder", slow_makedirs)
     meta = threading.Thread(target=backend.store_meta, args=(keys[0].file_id, {"v": 1}))
     meta.start()
     assert in_mkdir.wait(10)
@@ -1036,18 +1041,23 @@ def test_segments_count_the_pages_they_hold(cache_dir: str) -> None:
 def test_folders_are_made_with_their_missing_parents_owner_only(tmp_path) -> None:  # type: ignore[no-untyped-def]
     import stat
 
-    from netcache.backends.directory import _makedirs_private
+    from netcache.backends.folder import CacheFolder
 
     deep = tmp_path / "a" / "b" / "c"
-    assert _makedirs_private(str(deep)) is True  # made, with its two missing parents
+    root = CacheFolder(str(tmp_path / "a"), "b/c")  # made, with its two missing parents
     for folder in (tmp_path / "a", tmp_path / "a" / "b", deep):
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700
-    assert _makedirs_private(str(deep)) is False  # there already
-    assert _makedirs_private(str(tmp_path / "a" / "d")) is True  # its parent exists
+    fd, made = root.open_folder("d", create=True)
+    os.close(fd)
+    assert made and stat.S_IMODE((deep / "d").stat().st_mode) == 0o700
+    fd, made = root.open_folder("d", create=True)
+    os.close(fd)
+    assert not made  # there already
     (tmp_path / "f").write_bytes(b"")
-    assert _makedirs_private(str(tmp_path / "f")) is False  # a file of that name
     with pytest.raises(NotADirectoryError):
-        _makedirs_private(str(tmp_path / "f" / "g"))
+        CacheFolder(str(tmp_path / "f"))
+    with pytest.raises(NotADirectoryError):
+        CacheFolder(str(tmp_path / "f" / "g"))
 
 
 def test_a_fresh_folder_is_rebuilt_after_a_64th_of_the_limit_not_every_few_pages(

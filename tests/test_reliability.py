@@ -48,7 +48,11 @@ def folder_state(cache_dir: str) -> tuple[int, int, list[str]]:
         for n in names:
             parsed = parse_segment_name(n)
             if parsed is not None:  # sparse: its table and the pages it holds
-                pages = stored_slots(os.path.join(folder, n), parsed[2]).bit_count()
+                fd = os.open(os.path.join(folder, n), os.O_RDONLY)
+                try:
+                    pages = stored_slots(fd, parsed[2]).bit_count()
+                finally:
+                    os.close(fd)
                 size += table_size(parsed[2]) + pages * BS
                 count += pages
             elif n.startswith(".tmp."):
@@ -154,8 +158,9 @@ def test_four_processes_one_folder(tmp_path, limit_pages: int) -> None:  # type:
 def small_filesystem(path: str, size: str) -> Iterator[bool]:
     """A real tmpfs of ``size`` at ``path`` where the machine allows mounting one."""
     os.makedirs(path, exist_ok=True)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", path],
-                             capture_output=True).returncode == 0  # fmt: skip
+    # owner-only, as netcache asks of a cache folder (a tmpfs is made 1777 by default)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs",
+                              path], capture_output=True).returncode == 0  # fmt: skip
     try:
         yield mounted
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import struct
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -12,7 +13,7 @@ import cachetools
 import crc32c
 
 from netcache.buffers import PageBuffer
-from netcache.errors import CorruptPageError
+from netcache.errors import CorruptMetadataError, CorruptPageError
 from netcache.page import PageKey
 
 
@@ -200,6 +201,34 @@ def check_payload(header: bytes, key: PageKey, data: PageBuffer | memoryview) ->
     expected = _HEADER.unpack(header)[5]
     if crc32c.crc32c(data) != expected:
         raise CorruptPageError(f"page {key.index}: checksum mismatch")
+
+
+#: Bytes a file's metadata may take at most: a few fields and the remote's ``info``.
+MAX_META_BYTES = 16 << 10
+
+
+def encode_meta(meta: dict[str, Any]) -> bytes:
+    """A file's metadata as stored: JSON with the CRC32C of its canonical text."""
+    body = json.dumps(meta, sort_keys=True)
+    return json.dumps({"crc32c": crc32c.crc32c(body.encode()), "meta": body}).encode()
+
+
+def decode_meta(blob: bytes, file_id: str) -> dict[str, Any]:
+    """The metadata in ``blob``, checked against its checksum and its size cap; raises
+    :class:`~netcache.errors.CorruptMetadataError` for anything else."""
+    try:
+        if len(blob) > MAX_META_BYTES:
+            raise ValueError(f"{len(blob)} bytes")
+        outer = json.loads(blob)
+        body = outer["meta"]
+        if not isinstance(body, str) or crc32c.crc32c(body.encode()) != outer["crc32c"]:
+            raise ValueError("checksum mismatch")
+        meta = json.loads(body)
+        if not isinstance(meta, dict):
+            raise ValueError("not an object")
+    except (ValueError, TypeError, KeyError, UnicodeError) as exc:
+        raise CorruptMetadataError(f"metadata of {file_id}: {exc}") from None
+    return meta
 
 
 def encode_page(key: PageKey, block_size: int, data: PageBuffer) -> bytes:

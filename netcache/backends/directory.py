@@ -7,11 +7,10 @@ import contextlib
 import errno
 import fcntl
 import itertools
-import json
 import mmap
 import os
 import secrets
-import shutil
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -22,15 +21,19 @@ import psutil
 from netcache.backends.base import (
     HEADER_SIZE,
     MAGIC,
+    MAX_META_BYTES,
     Backend,
     DiskUsage,
     PageIndex,
     check_header,
     check_payload,
+    decode_meta,
+    encode_meta,
     page_header,
 )
+from netcache.backends.folder import CacheFolder, group_id, remove_at
 from netcache.buffers import PageBuffer, blank_page_buffer, empty_page_buffer
-from netcache.errors import CorruptPageError
+from netcache.errors import CorruptMetadataError, CorruptPageError, UntrustedFolderError
 from netcache.page import PageKey
 
 LAYOUT = "netcache-v2"  # v2: segment files (v1 held one file per page)
@@ -48,6 +51,7 @@ STORE_BATCH_BYTES = 4 << 20
 #: A rebuild of the index comes after at least 1/RESCAN_LIMIT_SHARE of the limit stored.
 RESCAN_LIMIT_SHARE = 64
 _TMP_PREFIX = ".tmp."
+META_NAME = "meta.json"
 _STALE_TMP_SECONDS = 3600.0
 #: Seconds by which recency shared through mtimes may lag: a disk hit on a segment
 #: touched more recently than this does not touch it again (a syscall saved per hit).
@@ -150,12 +154,11 @@ def parse_segment_name(name: str) -> tuple[str, int, int, int] | None:
         return None
 
 
-def stored_slots(path: str, pages: int) -> int:
-    """Bit ``i`` set for each slot of the segment at ``path`` whose header is written
+def stored_slots(fd: int, pages: int) -> int:
+    """Bit ``i`` set for each slot of the segment open at ``fd`` whose header is written
     (checked in full only when the page is read); 0 if it cannot be read."""
     try:
-        with open(path, "rb", buffering=0) as f:
-            return _slots_in(f.read(pages * HEADER_SIZE), pages)
+        return _slots_in(os.pread(fd, pages * HEADER_SIZE, 0), pages)
     except OSError:
         return 0
 
@@ -228,12 +231,14 @@ class DirectoryBackend(Backend):
     the data), and after a power loss the checksum turns a torn page into a miss.
     """
 
-    def __init__(self, cache_dir: str, block_size: int, limit: int) -> None:
+    def __init__(
+        self, cache_dir: str, block_size: int, limit: int, trusted_group: str | int | None = None
+    ) -> None:
         self.block_size = block_size
         self.limit = limit
-        self.root = os.path.join(os.path.abspath(os.path.expanduser(cache_dir)), LAYOUT)
-        self.files = os.path.join(self.root, "files")
-        _makedirs_private(self.files)
+        self.folder = CacheFolder(cache_dir, f"{LAYOUT}/files", group_id(trusted_group))
+        self.root = os.path.join(self.folder.root, LAYOUT)
+        self.files = self.folder.path
         self.segment_pages = segment_pages(block_size, limit)
         self._table = table_size(self.segment_pages)
         self.store_batch_pages = max(1, min(self.segment_pages, STORE_BATCH_BYTES // block_size))
@@ -263,14 +268,14 @@ class DirectoryBackend(Backend):
 
     # -- pages ---------------------------------------------------------------------------
 
-    def _locate(self, key: PageKey) -> tuple[str, str, int]:
-        """The page's segment (relative path, absolute path) and slot."""
+    def _locate(self, key: PageKey) -> tuple[str, int]:
+        """The page's segment (path relative to ``files``) and slot."""
         segment, slot = divmod(key.index, self.segment_pages)
         rel = f"{key.file_id[:2]}/{key.file_id}/{key.version}{self._suffix}{segment:x}.seg"
-        return rel, f"{self.files}/{rel}", slot
+        return rel, slot
 
     def holds(self, key: PageKey) -> bool:
-        rel, _, slot = self._locate(key)
+        rel, slot = self._locate(key)
         with self._lock:
             return bool(self._slots.get(rel, 0) >> slot & 1)
 
@@ -283,13 +288,13 @@ class DirectoryBackend(Backend):
         # new process read 256 MiB from disk 14-22% faster with this (median of 7).
         spans: dict[str, list[int]] = {}
         for key in keys:
-            _, path, slot = self._locate(key)
-            spans.setdefault(path, []).append(slot)
+            rel, slot = self._locate(key)
+            spans.setdefault(rel, []).append(slot)
         bs = self.block_size
-        for path, slots in spans.items():
+        for rel, slots in spans.items():
             try:
-                fd = os.open(path, os.O_RDONLY)
-            except OSError:
+                fd, _ = self.folder.open_file(rel, os.O_RDONLY)
+            except OSError:  # not there, or not to be trusted: the load will say
                 continue
             try:
                 first, last = min(slots), max(slots)
@@ -312,12 +317,12 @@ class DirectoryBackend(Backend):
         # One open, one read of the headers and one mapping per run of adjacent pages of
         # a segment, not per page: a new process reading its pages back from disk was
         # bound by that per-page work, not by the disk.
-        segments: dict[str, tuple[str, list[tuple[int, PageKey]]]] = {}
+        segments: dict[str, list[tuple[int, PageKey]]] = {}
         for key in keys:
-            rel, path, slot = self._locate(key)
-            segments.setdefault(rel, (path, []))[1].append((slot, key))
+            rel, slot = self._locate(key)
+            segments.setdefault(rel, []).append((slot, key))
         loaded: dict[PageKey, PageBuffer | OSError] = {}
-        for rel, (path, wanted) in segments.items():
+        for rel, wanted in segments.items():
             with self._lock:
                 mask = self._slots.get(rel, 0)
                 known = rel in self._index
@@ -328,13 +333,12 @@ class DirectoryBackend(Backend):
                 # pages another process stored since, indexed at the next rescan).
                 wanted = [(slot, key) for slot, key in wanted if mask >> slot & 1]
             if wanted:
-                self._load_from(rel, path, sorted(wanted), not known, loaded)
+                self._load_from(rel, sorted(wanted), not known, loaded)
         return loaded
 
     def _load_from(
         self,
         rel: str,
-        path: str,
         wanted: list[tuple[int, PageKey]],
         whole_table: bool,
         loaded: dict[PageKey, PageBuffer | OSError],
@@ -342,9 +346,14 @@ class DirectoryBackend(Backend):
         """Load ``wanted`` (slots in order, and their keys) from one segment into
         ``loaded``; index what was found, and clear what was damaged."""
         try:
-            fd = os.open(path, os.O_RDONLY)
+            fd, _ = self.folder.open_file(rel, os.O_RDONLY)
         except FileNotFoundError:
             self._forget(rel)
+            return
+        except UntrustedFolderError as exc:  # a folder, a link, a FIFO: one error, removed
+            self._forget(rel)
+            self.folder.remove(rel)
+            loaded[wanted[0][1]] = CorruptPageError(f"page {wanted[0][1].index}: {exc}")
             return
         except OSError as exc:
             for _, key in wanted:
@@ -352,25 +361,25 @@ class DirectoryBackend(Backend):
             return
         try:
             pages, held, st = self._read_slots(fd, wanted, whole_table)
+            found = 0
+            for slot, key in wanted:
+                data = pages.get(slot)
+                if data is None:
+                    self._clear_bit(rel, slot)  # never written, or cleared
+                elif isinstance(data, OSError):
+                    loaded[key] = data
+                    self._clear_slot(rel, slot)
+                else:
+                    loaded[key] = data
+                    found |= 1 << slot
+            if not found:
+                return
+            assert st is not None
+            if time.time() - st.st_mtime > _RECENCY_GRAIN:
+                with contextlib.suppress(OSError):
+                    os.utime(fd)  # recency that other processes' culling can see
         finally:
             os.close(fd)
-        found = 0
-        for slot, key in wanted:
-            data = pages.get(slot)
-            if data is None:
-                self._clear_bit(rel, slot)  # never written, or cleared
-            elif isinstance(data, OSError):
-                loaded[key] = data
-                self._clear_slot(rel, path, slot)
-            else:
-                loaded[key] = data
-                found |= 1 << slot
-        if not found:
-            return
-        assert st is not None
-        if time.time() - st.st_mtime > _RECENCY_GRAIN:
-            with contextlib.suppress(OSError):
-                os.utime(path)  # recency that other processes' culling can see
         with self._lock:
             mask = self._slots.get(rel, 0) | held | found
             self._slots[rel] = mask
@@ -437,21 +446,21 @@ class DirectoryBackend(Backend):
         self.store_pages([(key, data)])
 
     def store_pages(self, pages: Sequence[tuple[PageKey, PageBuffer]]) -> None:
-        segments: dict[str, tuple[str, list[tuple[int, PageKey, PageBuffer]]]] = {}
+        segments: dict[str, list[tuple[int, PageKey, PageBuffer]]] = {}
         for key, data in pages:
-            rel, path, slot = self._locate(key)
-            segments.setdefault(rel, (path, []))[1].append((slot, key, data))
-        for rel, (path, slots) in segments.items():
+            rel, slot = self._locate(key)
+            segments.setdefault(rel, []).append((slot, key, data))
+        for rel, slots in segments.items():
             for run in _runs(sorted(slots, key=lambda item: item[0])):
-                self._store_run(rel, path, run)
+                self._store_run(rel, run)
 
-    def _store_run(self, rel: str, path: str, run: list[tuple[int, PageKey, PageBuffer]]) -> None:
+    def _store_run(self, rel: str, run: list[tuple[int, PageKey, PageBuffer]]) -> None:
         """Store pages of adjacent slots of one segment, with one open and (unless some
         slots are taken) one write of their bytes and one of their headers."""
         bs = self.block_size
         headers = [page_header(key, bs, data) for _, key, data in run]
         first = run[0][0]
-        fd = self._create(path, os.O_RDWR | os.O_CREAT)
+        fd = self._create(rel, os.O_RDWR | os.O_CREAT)
         try:
             table = os.pread(fd, len(run) * HEADER_SIZE, first * HEADER_SIZE)
             # Written once: a slot holding a page (another process's, say) is left as it
@@ -486,7 +495,7 @@ class DirectoryBackend(Backend):
         self._unlink_culled(culled)
         if not fits:
             self._forget(rel)
-            _remove_any(path)
+            self.folder.remove(rel)
             raise ValueError(f"a segment does not fit disk_limit={self.limit}")
         if due and self._rescan_lock.acquire(blocking=False):
             try:  # see what other processes stored, and cull the folder as a whole
@@ -518,51 +527,51 @@ class DirectoryBackend(Backend):
         return True
 
     def discard_page(self, key: PageKey) -> None:
-        rel, path, slot = self._locate(key)
-        self._clear_slot(rel, path, slot)
+        rel, slot = self._locate(key)
+        self._clear_slot(rel, slot)
 
     # -- metadata ------------------------------------------------------------------------
 
-    def _file_dir(self, file_id: str) -> str:
-        return os.path.join(self.files, file_id[:2], file_id)
-
     def load_meta(self, file_id: str) -> dict[str, Any] | None:
+        rel = f"{_file_folder(file_id)}/{META_NAME}"
         try:
-            with open(os.path.join(self._file_dir(file_id), "meta.json"), "rb") as f:
-                meta = json.loads(f.read())
-        except (OSError, ValueError):
-            return None
-        return meta if isinstance(meta, dict) else None
+            blob = self.folder.read_small(rel, MAX_META_BYTES)
+            return decode_meta(blob, file_id) if blob is not None else None
+        except (UntrustedFolderError, CorruptMetadataError) as exc:
+            # a FIFO, a link, a huge file, a failed check: damaged, so removed (and
+            # written again once the remote has been asked)
+            self.folder.remove(rel)
+            if isinstance(exc, CorruptMetadataError):
+                raise
+            raise CorruptMetadataError(f"metadata of {file_id}: {exc}") from exc
 
     def store_meta(self, file_id: str, meta: dict[str, Any]) -> None:
-        path = os.path.join(self._file_dir(file_id), "meta.json")
-        self._write_atomic(path, json.dumps(meta, sort_keys=True).encode())
+        self._write_atomic(_file_folder(file_id), META_NAME, encode_meta(meta))
 
     # -- whole files and the folder --------------------------------------------------------
 
     def invalidate(self, file_id: str, keep_version: str | None = None) -> int:
-        folder = self._file_dir(file_id)
+        folder = _file_folder(file_id)
         try:
-            names = os.listdir(folder)
+            dir_fd, _ = self.folder.open_folder(folder)
         except FileNotFoundError:
             return 0
         removed = 0
-        prefix = f"{file_id[:2]}/{file_id}/"
-        for name in names:
-            parsed = parse_segment_name(name)
-            if parsed is None or parsed[0] == keep_version:
-                continue
-            path = os.path.join(folder, name)
-            removed += stored_slots(path, parsed[2]).bit_count()
-            self._forget(prefix + name)
-            _remove_any(path)
+        try:
+            for name in os.listdir(dir_fd):
+                parsed = parse_segment_name(name)
+                if parsed is None or parsed[0] == keep_version:
+                    continue
+                removed += _slots_at(self.folder, dir_fd, name, parsed[2]).bit_count()
+                self._forget(f"{folder}/{name}")
+                remove_at(dir_fd, name)
+        finally:
+            os.close(dir_fd)
         if keep_version is None:
-            _remove_any(os.path.join(folder, "meta.json"))
-            with contextlib.suppress(OSError):
-                os.rmdir(folder)
-            self._folders.discard(folder)
+            self.folder.remove(folder)
             with self._lock:
-                self._created.pop(prefix[:-1], None)
+                self._folders.discard(folder)
+                self._created.pop(folder, None)
         return removed
 
     def clear(self) -> None:
@@ -572,8 +581,8 @@ class DirectoryBackend(Backend):
             self._since_listing = {}
             self._folders.clear()
             self._created.clear()
-        for name in os.listdir(self.files):
-            _remove_any(os.path.join(self.files, name))
+        for name in self.folder.listdir(""):
+            self.folder.remove(name)
 
     def usage(self) -> DiskUsage:
         with self._lock:
@@ -608,49 +617,61 @@ class DirectoryBackend(Backend):
             if rel in self._slots:
                 self._slots[rel] &= ~(1 << slot)
 
-    def _clear_slot(self, rel: str, path: str, slot: int) -> None:
+    def _clear_slot(self, rel: str, slot: int) -> None:
         """Make a slot read as empty (its page is fetched and stored again)."""
         self._clear_bit(rel, slot)
         try:
-            fd = os.open(path, os.O_WRONLY)
+            fd, _ = self.folder.open_file(rel, os.O_WRONLY)
         except FileNotFoundError:
             return
-        except OSError:  # not a file (a folder in its place): remove whatever it is
+        except OSError:  # not a file (a folder, a link, a FIFO): remove whatever it is
             self._forget(rel)
-            _remove_any(path)
+            self.folder.remove(rel)
             return
         try:
             _pwrite_all(fd, [bytes(HEADER_SIZE)], slot * HEADER_SIZE)
         except OSError:
             self._forget(rel)
-            _remove_any(path)
+            self.folder.remove(rel)
         finally:
             os.close(fd)
 
-    def _create(self, path: str, flags: int) -> int:
-        """Open ``path`` with ``flags`` (``O_CREAT`` among them), making its folder first
-        if it is missing (never made, or removed since by a clear or a cull)."""
-        folder = os.path.dirname(path)
+    def _folder_fd(self, folder: str) -> int:
+        """A descriptor of ``folder`` (relative), made first if it is missing (never
+        made, or removed since by a clear or a cull)."""
         if folder not in self._folders:
             self._made_folder(folder)
         try:
-            return os.open(path, flags, 0o600)
+            return self.folder.open_folder(folder)[0]
         except FileNotFoundError:
             self._made_folder(folder)
-            return os.open(path, flags, 0o600)
+            return self.folder.open_folder(folder)[0]
 
-    def _write_atomic(self, path: str, blob: bytes) -> None:
-        tmp = os.path.join(os.path.dirname(path), self._tmp_name())
+    def _create(self, rel: str, flags: int) -> int:
+        """Open ``rel`` with ``flags`` (``O_CREAT`` among them), making its folder first
+        if it is missing."""
+        folder, name = rel.rsplit("/", 1)
+        dir_fd = self._folder_fd(folder)
         try:
-            fd = self._create(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+            return self.folder.open_in(dir_fd, name, flags, rel)
+        finally:
+            os.close(dir_fd)
+
+    def _write_atomic(self, folder: str, name: str, blob: bytes) -> None:
+        dir_fd = self._folder_fd(folder)
+        tmp = self._tmp_name()
+        try:
+            fd = self.folder.open_in(dir_fd, tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
             try:
                 _pwrite_all(fd, [blob], 0)
             finally:
                 os.close(fd)
-            os.replace(tmp, path)
+            self.folder.replace(dir_fd, tmp, name)
         except BaseException:
-            _remove_any(tmp)
+            remove_at(dir_fd, tmp)
             raise
+        finally:
+            os.close(dir_fd)
 
     def _made_folder(self, folder: str) -> None:
         """Make sure ``folder`` exists; remember it, and whether this process created it.
@@ -660,11 +681,11 @@ class DirectoryBackend(Backend):
         segment in it while a reader could still take it for another process's folder
         (and look on disk for pages it cannot hold)."""
         with self._folder_lock:
-            created = _makedirs_private(folder)
-            rel = os.path.relpath(folder, self.files)
-            if created and rel.count("/") == 1:  # a remote file's folder
+            fd, created = self.folder.open_folder(folder, create=True)
+            os.close(fd)
+            if created and folder.count("/") == 1:  # a remote file's folder
                 with self._lock:
-                    self._created[rel] = None
+                    self._created[folder] = None
                     if len(self._created) > _MAX_CREATED:
                         del self._created[next(iter(self._created))]
             self._folders.add(folder)
@@ -693,36 +714,46 @@ class DirectoryBackend(Backend):
 
     def _unlink_culled(self, culled: list[tuple[str, int]]) -> None:
         for rel, _ in culled:
-            _remove_any(os.path.join(self.files, rel))
+            self.folder.remove(rel)
+
+    def _listed(self, folder: str, name: str, dir_fd: int) -> tuple[float, str, int, int] | None:
+        """A rescan's entry for file ``name`` of ``folder``: (mtime, segment, bytes,
+        slots), or None for what is not a segment. Dead writers' temporaries go, and so
+        does anything named like a segment that is not a regular file (a link, a FIFO)."""
+        try:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except OSError:
+            return None
+        parsed = parse_segment_name(name)
+        if name.startswith(_TMP_PREFIX):
+            stale = time.time() - st.st_mtime > _STALE_TMP_SECONDS
+            if _writer_gone(name) or stale or not stat.S_ISREG(st.st_mode):
+                remove_at(dir_fd, name)
+            return None
+        if parsed is None:
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            remove_at(dir_fd, name)
+            return None
+        rel = f"{folder}/{name}" if folder else name
+        # segments of another layout (block size, pages per segment) take room too
+        # (their allocated blocks), but hold no page this process can read
+        if parsed[1:3] != (self.block_size, self.segment_pages):
+            return st.st_mtime, rel, st.st_blocks * 512, 0
+        mask = _slots_at(self.folder, dir_fd, name, parsed[2])
+        return st.st_mtime, rel, self._segment_bytes(mask), mask
 
     def _rescan(self) -> None:
         """Rebuild the index from the folder (least recently used first, by mtime), cull
         it to the limit, and remove temporaries of dead writers."""
         found: list[tuple[float, str, int, int]] = []
-        now = time.time()
         with self._lock:
             self._since_listing = {}
-        for rel, entry in _entries(self.files):
-            name = entry.name
-            if name.startswith(_TMP_PREFIX):
-                with contextlib.suppress(OSError):
-                    if _writer_gone(name) or now - entry.stat().st_mtime > _STALE_TMP_SECONDS:
-                        _remove_any(entry.path)
-                continue
-            parsed = parse_segment_name(name)
-            if parsed is None:
-                continue
-            try:
-                st = entry.stat(follow_symlinks=False)
-            except OSError:
-                continue
-            # segments of another layout (block size, pages per segment) take room too
-            # (their allocated blocks), but hold no page this process can read
-            if parsed[1:3] == (self.block_size, self.segment_pages):
-                mask = stored_slots(entry.path, parsed[2])
-                found.append((st.st_mtime, rel, self._segment_bytes(mask), mask))
-            else:
-                found.append((st.st_mtime, rel, st.st_blocks * 512, 0))
+        for folder, names, dir_fd in self.folder.walk():
+            for name in names:
+                entry = self._listed(folder, name, dir_fd)
+                if entry is not None:
+                    found.append(entry)
         found.sort()
         with self._lock:
             self._stores_since_rescan = 0
@@ -737,6 +768,24 @@ class DirectoryBackend(Backend):
                 self._slots[rel] = self._slots.get(rel, 0) | mask
             culled = self._take_culled()
         self._unlink_culled(culled)
+
+
+def _file_folder(file_id: str) -> str:
+    """A remote file's folder, relative to ``files``."""
+    return f"{file_id[:2]}/{file_id}"
+
+
+def _slots_at(folder: CacheFolder, dir_fd: int, name: str, pages: int) -> int:
+    """``stored_slots`` of segment ``name`` in the folder open at ``dir_fd``; 0 if it
+    cannot be opened as a regular file of ours."""
+    try:
+        fd = folder.open_in(dir_fd, name, os.O_RDONLY)
+    except OSError:
+        return 0
+    try:
+        return stored_slots(fd, pages)
+    finally:
+        os.close(fd)
 
 
 def _runs(
@@ -797,60 +846,9 @@ def _vectored_all(
     return True
 
 
-def _entries(top: str, rel: str = "") -> Iterator[tuple[str, os.DirEntry[str]]]:
-    """Every entry under ``top`` that is not a folder (or is a folder named like a
-    segment, which a read then finds damaged), with its path relative to ``top``."""
-    try:
-        listing = os.scandir(top)
-    except OSError:
-        return
-    with listing:
-        for entry in listing:
-            name = rel + entry.name
-            try:
-                folder = entry.is_dir(follow_symlinks=False) and not name.endswith(SEGMENT_SUFFIX)
-            except OSError:
-                continue
-            if folder:
-                yield from _entries(entry.path, name + "/")
-            else:
-                yield name, entry
-
-
 def _writer_gone(tmp_name: str) -> bool:
     try:
         pid = int(tmp_name[len(_TMP_PREFIX) :].split(".", 1)[0])
     except ValueError:
         return True
     return pid != os.getpid() and not psutil.pid_exists(pid)
-
-
-def _makedirs_private(folder: str) -> bool:
-    """Create ``folder`` and any missing parents owner-only (``os.makedirs`` gives its
-    mode to the last folder alone); True if this call created ``folder`` itself. The
-    folder is made first and its parents only if that fails: one call where a new
-    remote file's folder goes into a parent that exists (checking first took three)."""
-    try:
-        os.mkdir(folder, 0o700)
-    except FileExistsError:
-        return False
-    except FileNotFoundError:
-        parent = os.path.dirname(folder)
-        if parent == folder:
-            raise
-        _makedirs_private(parent)
-        try:
-            os.mkdir(folder, 0o700)
-        except FileExistsError:
-            return False
-    return True
-
-
-def _remove_any(path: str) -> None:
-    """Remove a file or a folder standing at ``path``; absent is fine."""
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-    except (IsADirectoryError, PermissionError, OSError):
-        shutil.rmtree(path, ignore_errors=True)

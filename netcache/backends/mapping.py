@@ -3,7 +3,6 @@ a disk tier."""
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import MutableMapping
 from typing import Any
@@ -13,7 +12,9 @@ from netcache.backends.base import (
     Backend,
     DiskUsage,
     PageIndex,
+    decode_meta,
     decode_page,
+    encode_meta,
     encode_page,
 )
 from netcache.buffers import PageBuffer
@@ -93,15 +94,12 @@ class MappingBackend(Backend):
     def load_meta(self, file_id: str) -> dict[str, Any] | None:
         with self._lock:
             blob = self.mapping.get(f"{file_id}.meta")
-        try:
-            meta = json.loads(blob) if blob is not None else None
-        except ValueError:
-            return None
-        return meta if isinstance(meta, dict) else None
+        return decode_meta(bytes(blob), file_id) if blob is not None else None
 
     def store_meta(self, file_id: str, meta: dict[str, Any]) -> None:
+        blob = encode_meta(meta)
         with self._lock:
-            self.mapping[f"{file_id}.meta"] = json.dumps(meta, sort_keys=True).encode()
+            self.mapping[f"{file_id}.meta"] = blob
 
     def invalidate(self, file_id: str, keep_version: str | None = None) -> int:
         keep = f"{file_id}.{keep_version}." if keep_version is not None else None
