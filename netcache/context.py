@@ -23,7 +23,7 @@ from netcache.backends.folder import group_id
 from netcache.coherency import CookieJar
 from netcache.errors import UntrustedFolderError
 from netcache.fetch import PageFetcher
-from netcache.identity import redact_url
+from netcache.identity import describe_error, redact_url
 from netcache.pagecache import PageCache
 from netcache.policies.eviction import EvictionPolicy, make_eviction_policy
 from netcache.policies.release import ReleasePolicy, make_release_policy
@@ -276,8 +276,13 @@ class CacheContext:
 
     def _stale(self, path: str, exc: Exception) -> None:
         self.counters.add("retrievals.stale")
-        self.warn("stale", "netcache: the remote could not be reached to check %s (%r); "
-                  "serving the version cached last", redact_url(path), exc)  # fmt: skip
+        self.warn(
+            "stale",
+            "netcache: the remote could not be reached to check %s (%s); serving the version "
+            "cached last",
+            redact_url(path),
+            describe_error(exc),
+        )
 
     def invalidate_file(self, file_id: str | None, keep_version: str | None = None) -> int:
         """Drop pages of one file (or of every file), in memory, queued and on disk."""

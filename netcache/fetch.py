@@ -19,6 +19,7 @@ from netcache.errors import CorruptPageError, FileChangedError, ReadaheadFailed,
 from netcache.firstlook import FIRST_LOOK_BYTES
 from netcache.http import get_ranges as get_http_ranges
 from netcache.http import if_match_headers, is_http, streams_pages
+from netcache.identity import describe_error, redact_url
 from netcache.page import Page, PageKey, StoreState, page_keys
 from netcache.pagecache import PageCache
 from netcache.s3 import get_ranges as get_s3_ranges
@@ -288,7 +289,7 @@ class PageFetcher:
         except BaseException as exc:
             shared = exc
             if failure is not None:
-                shared = failure(f"read-ahead failed: {exc!r}")
+                shared = failure(f"read-ahead failed: {describe_error(exc)}")
                 shared.__cause__ = exc
             self.page_cache.fail({k: f for k, f in claimed.items() if k not in got}, shared)
             raise
@@ -410,7 +411,10 @@ class PageFetcher:
         except Exception as exc:
             self._counters.add_many({"retrievals.req": len(starts), "retrievals.err": 1})
             if getattr(exc, "status", None) == 412:
-                raise FileChangedError(f"{cookie.path} changed while open") from exc
+                # from None: the client's error holds the URL whole, secrets and all
+                raise FileChangedError(
+                    f"{redact_url(cookie.path)} changed while open (412 to If-Match)"
+                ) from None
             raise
         nbytes = sum(answer.received for answer in answers)
         self._counters.add_many({"retrievals.req": len(starts), "retrievals.rbytes": nbytes})
@@ -422,7 +426,7 @@ class PageFetcher:
         info = target.info(cookie.path)
         if version_token(info) != cookie.token:
             self._counters.add("retrievals.err")
-            raise FileChangedError(f"{cookie.path} changed while open")
+            raise FileChangedError(f"{redact_url(cookie.path)} changed while open")
 
     def _whole_file_answer(
         self, cookie: FileCookie, start: int, end: int, answer: PageFiller
@@ -432,7 +436,8 @@ class PageFetcher:
         if answer.received != cookie.size:
             self._counters.add("retrievals.err")
             raise ShortReadError(
-                f"{cookie.path}: asked for bytes {start}-{end}, the remote sent {answer.received}"
+                f"{redact_url(cookie.path)}: asked for bytes {start}-{end}, the remote sent "
+                f"{answer.received}"
             )
         asked = []
         for page in self._pages(cookie, 0, answer.pages):

@@ -28,6 +28,7 @@ from fsspec.asyn import _run_coros_in_chunks, sync
 
 from netcache.buffers import PageFiller
 from netcache.http import streams_pages
+from netcache.identity import redact_url
 from netcache.s3 import get_ranges_async as get_s3_ranges
 from netcache.s3 import is_s3
 
@@ -189,7 +190,7 @@ async def _http_first_look(
         ranged = {**headers, "Range": f"bytes={start}-{end - 1}"}
         async with session.get(url, headers=ranged, **kwargs) as r:
             if r.status == 404:
-                raise FileNotFoundError(path)  # as fsspec's info() raises it
+                raise FileNotFoundError(redact_url(path))  # as fsspec's info(), but redacted
             if r.headers.get("Content-Encoding", "identity") not in ("identity", ""):
                 return None
             if r.status == 206:

@@ -60,6 +60,21 @@ def digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+
+
+def redact_text(text: str) -> str:
+    """``text`` with every URL in it redacted (``redact_url``): for messages that quote
+    another library's error, which may hold the URL whole."""
+    return _URL.sub(lambda m: redact_url(m.group(0)), text)
+
+
+def describe_error(exc: BaseException) -> str:
+    """``exc`` as a message may show it: its type and its text, URLs redacted (never its
+    ``repr``, which holds them whole)."""
+    return f"{type(exc).__name__}: {redact_text(str(exc))}"
+
+
 def redact_url(path: str) -> str:
     """``path`` without userinfo, query string and fragment, for metadata, logs and reprs."""
     parts = urlsplit(path)

@@ -21,6 +21,7 @@ from fsspec.asyn import sync
 
 from netcache.buffers import PageFiller
 from netcache.errors import FileChangedError
+from netcache.identity import redact_url
 
 #: Requests in flight at once per call, unless the target sets ``batch_size`` (as s3fs's
 #: own ``cat_ranges`` does): a read of many ranges must not open as many connections.
@@ -92,7 +93,8 @@ async def get_ranges_async(
                 return await retry(request, args=(start, end), retries=target.retries)  # type: ignore[no-any-return]
             except OSError as exc:
                 if _precondition_failed(exc):
-                    raise FileChangedError(f"{path} changed while open") from exc
+                    # from None: the client's error holds the URL whole
+                    raise FileChangedError(f"{redact_url(path)} changed while open") from None
                 raise
 
     # every request runs to its end (bodies closed) before the first error is raised

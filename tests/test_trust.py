@@ -5,11 +5,13 @@ refused. Hostile neighbours are real processes under another user id."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import stat
 import subprocess
 import tempfile
+import traceback
 from collections.abc import Iterator
 
 import pytest
@@ -291,3 +293,47 @@ def test_pages_still_read_with_the_checks(server: RangeServer, cache_dir: str) -
     fs = http_fs(cache_dir, check_interval=None)
     assert fs.cat_file(url) == data and server.gets == 0
     assert fs.stats().retrievals.disk == len(range(0, len(data), BS))
+
+
+# -- secrets ------------------------------------------------------------------------------
+
+_SECRETS = ("s3cr3t", "SIGNATUREXYZ", "TOKENXYZ")
+
+
+def _secret_url(server: RangeServer, name: str) -> str:
+    base = server.url.replace("http://", "http://alice:s3cr3t@")
+    return f"{base}/{name}?X-Amz-Signature=SIGNATUREXYZ&token=TOKENXYZ"
+
+
+def _shown(exc: BaseException) -> str:
+    """All a traceback of ``exc`` shows, its causes and contexts included."""
+    return "".join(traceback.format_exception(exc))
+
+
+def test_secrets_stay_out_of_netcache_s_messages(
+    server: RangeServer, cache_dir: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    fs = http_fs(cache_dir, check_interval=None, readahead=False)
+    url = _secret_url(server, "big.bin")
+    with fs.open(url) as f:
+        assert f.read(10)
+        server.put("big.bin", b"new" * MiB)  # the file changes while open
+        f.seek(2 * MiB)
+        with pytest.raises(netcache.FileChangedError) as changed:
+            f.read(BS)
+    server.put("short.bin", b"s" * (3 * BS))
+    server.ignore_ranges, server.short_by = True, 100  # a whole file, cut short
+    with pytest.raises(netcache.errors.ShortReadError) as short:
+        fs.cat_file(_secret_url(server, "short.bin"), BS, 2 * BS)
+    server.ignore_ranges = server.short_by = 0
+    offline = http_fs(cache_dir, check_interval=0, offline=True, readahead=False)
+    gone = _secret_url(server, "small.bin")
+    assert offline.cat_file(gone, 0, 10)
+    server.stop()
+    with caplog.at_level(logging.WARNING, logger="netcache"):
+        assert offline.cat_file(gone, 0, 10)  # served as cached, with a warning
+    warned = [r.getMessage() for r in caplog.records if "could not be reached" in r.getMessage()]
+    assert len(warned) == 1
+    for text in (_shown(changed.value), _shown(short.value), warned[0]):
+        assert "127.0.0.1" in text  # the URL is there, without userinfo and query
+        assert not any(secret in text for secret in _SECRETS), text
