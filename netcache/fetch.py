@@ -12,6 +12,7 @@ from typing import Any
 
 from fsspec import AbstractFileSystem
 
+from netcache.answers import Pin
 from netcache.backends.base import Backend
 from netcache.buffers import PageFiller, page_buffer
 from netcache.cookie import FileCookie, strong_etag, version_token
@@ -37,6 +38,9 @@ Range = tuple[FileCookie, int, int]
 #: fast at 20 ms (the 32 MiB default window is in flight either way).
 READAHEAD_WORKERS = 4
 READAHEAD_CHUNK_BYTES = 8 << 20
+#: Pages one read gathers at once at most (512 MiB of 128 KiB pages); a larger read is
+#: gathered and assembled in parts.
+GATHER_PAGES = 4096
 #: Read-ahead bytes in flight at once, per cache, at most (and an eighth of its memory
 #: budget at most).
 READAHEAD_MAX_INFLIGHT = 64 << 20
@@ -102,25 +106,47 @@ class PageFetcher:
     def read_ranges(
         self, target: AbstractFileSystem, ranges: Sequence[Range], verify: bool
     ) -> list[bytes]:
-        """The bytes of each range, clipped to the file's size."""
+        """The bytes of each range, clipped to the file's size. Pages are gathered at most
+        ``GATHER_PAGES`` at a time: work in proportion to what a remote says a file's
+        size is (a lie of 10**15 bytes, say) is never done ahead of its answers."""
         bs = self.block_size
-        clipped = []
-        wanted: dict[PageKey, FileCookie] = {}
-        for cookie, start, end in ranges:
+        results: list[list[bytes]] = [[] for _ in ranges]
+        batch: list[tuple[int, FileCookie, int, int]] = []
+        count = 0
+        for i, (cookie, start, end) in enumerate(ranges):
             assert cookie.size is not None, "size must be known before reading pages"
-            start, end = max(0, start), min(end, cookie.size)
-            clipped.append((cookie, start, end))
-            if start < end:
-                for index in range(start // bs, (end - 1) // bs + 1):
-                    wanted[PageKey(cookie.file_id, cookie.version, index)] = cookie
+            lo, end = max(0, start), min(end, cookie.size)
+            while lo < end:
+                hi = min(end, (lo // bs + GATHER_PAGES - count) * bs)
+                batch.append((i, cookie, lo, hi))
+                count += (hi - 1) // bs - lo // bs + 1
+                lo = hi
+                if count >= GATHER_PAGES:
+                    self._read_batch(target, batch, verify, results)
+                    batch, count = [], 0
+        if batch:
+            self._read_batch(target, batch, verify, results)
+        return [parts[0] if len(parts) == 1 else b"".join(parts) for parts in results]
+
+    def _read_batch(self, target: AbstractFileSystem, batch: list[tuple[int, FileCookie, int, int]],
+                    verify: bool, results: list[list[bytes]]) -> None:  # fmt: skip
+        """Read ``batch`` (pieces of ranges: their number, cookie, start and end) and add
+        each piece's bytes to its range's results."""
+        bs = self.block_size
+        wanted: dict[PageKey, FileCookie] = {}
+        for _, cookie, start, end in batch:
+            for index in range(start // bs, (end - 1) // bs + 1):
+                wanted[PageKey(cookie.file_id, cookie.version, index)] = cookie
+        pages = None
         for _ in range(3):
             pages = self._gather(target, wanted, verify)
             if pages is not None:
-                return [self._assemble(pages, c, start, end) for c, start, end in clipped]
-        # read-ahead kept failing under us: fetch without waiting for anyone
-        pages = self._gather(target, wanted, verify, wait=False)
-        assert pages is not None
-        return [self._assemble(pages, c, start, end) for c, start, end in clipped]
+                break
+        if pages is None:  # read-ahead kept failing under us: fetch without waiting for anyone
+            pages = self._gather(target, wanted, verify, wait=False)
+            assert pages is not None
+        for i, cookie, start, end in batch:
+            results[i].append(self._assemble(pages, cookie, start, end))
 
     def _gather(self, target: AbstractFileSystem, wanted: dict[PageKey, FileCookie],
                 verify: bool, wait: bool = True) -> dict[PageKey, Page] | None:  # fmt: skip
@@ -393,18 +419,19 @@ class PageFetcher:
     ) -> list[PageFiller]:
         ranges = list(zip(starts, ends, strict=True))
         etag = strong_etag(cookie.info)
+        pin = Pin.of_info(cookie.info, cookie.size)
         bs = self.block_size
         s3 = is_s3(target)
         pinned = etag is not None and (s3 or is_http(target))
         try:
             if pinned and s3:
-                answers = [a for _, a in get_s3_ranges(target, cookie.path, ranges, bs, etag)]
+                answers = [a for _, a in get_s3_ranges(target, cookie.path, ranges, bs, pin, etag)]
             else:
                 # HTTP is pinned by a header whoever makes the request: fsspec's own
                 # HTTPFileSystem (streamed here), or a subclass with its own requests
                 options = {"headers": if_match_headers(target, etag)} if pinned else {}
                 if streams_pages(target):
-                    answers = get_http_ranges(target, cookie.path, ranges, bs, **options)
+                    answers = get_http_ranges(target, cookie.path, ranges, bs, pin, **options)
                 else:
                     blobs = _cat_ranges(target, cookie.path, starts, ends, **options)
                     answers = [PageFiller.whole(bs, blob) for blob in blobs]

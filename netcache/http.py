@@ -21,7 +21,9 @@ from typing import Any
 from fsspec import AbstractFileSystem
 from fsspec.asyn import _run_coros_in_chunks, sync
 
+from netcache.answers import Pin
 from netcache.buffers import PageFiller
+from netcache.identity import redact_url
 
 
 def is_http(target: AbstractFileSystem) -> bool:
@@ -51,16 +53,19 @@ def get_ranges(
     path: str,
     ranges: list[tuple[int, int]],
     page_size: int,
+    pin: Pin,
     headers: dict[str, str] | None = None,
 ) -> list[PageFiller]:
     """Each ``[start, end)`` of ``path`` in pages of ``page_size``, requested
     concurrently as fsspec's ``cat_ranges`` does (in the target's ``batch_size``, or
     fsspec's) with ``headers`` added. An answer's pages hold what the server sent, from
     the start of the range: ``received`` says how much (a server that ignores ranges
-    sends the whole file, from 0). Errors are fsspec's (a 404 is ``FileNotFoundError``,
-    another status aiohttp's ``ClientResponseError`` with its ``status``); every
-    request ends before the first is raised."""
-    return sync(target.loop, _get_ranges, target, path, ranges, page_size, headers or {})  # type: ignore[no-any-return]
+    sends the whole file, from 0). Each answer is checked against its request and
+    ``pin`` (:mod:`netcache.answers`). Errors are fsspec's (a 404 is
+    ``FileNotFoundError``, another status aiohttp's ``ClientResponseError`` with its
+    ``status``), or netcache's for an answer that is not what was asked; every request
+    ends before the first is raised."""
+    return sync(target.loop, _get_ranges, target, path, ranges, page_size, pin, headers or {})  # type: ignore[no-any-return]
 
 
 async def _get_ranges(
@@ -68,8 +73,10 @@ async def _get_ranges(
     path: str,
     ranges: list[tuple[int, int]],
     page_size: int,
+    pin: Pin,
     headers: dict[str, str],
 ) -> list[PageFiller]:
+    where = redact_url(path)
     options = target.kwargs.copy()
     base = {**(options.pop("headers", None) or {}), **headers}
     session = await target.set_session()
@@ -79,16 +86,22 @@ async def _get_ranges(
         ranged = {**base, "Range": f"bytes={start}-{end - 1}"}
         async with session.get(url, headers=ranged, **options) as answer:
             target._raise_not_found_for_status(answer, path)
+            pin.check_version(
+                where, answer.headers.get("ETag"), answer.headers.get("Last-Modified")
+            )
             nbytes = answer.content_length
             if nbytes is None or answer.headers.get("Content-Encoding", "identity") != "identity":
                 # its length is known at the end only (chunked, or decoded as it comes)
-                return PageFiller.whole(page_size, await answer.read())
-            # sized as the answer says (the caller compares it with what was asked): a
-            # shorter answer, or the whole file for a server that ignores ranges, is then
-            # in pages of its own length
-            pages = PageFiller(page_size, nbytes)
-            async for chunk in answer.content.iter_any():
-                pages.feed(chunk)
+                pages = PageFiller.whole(page_size, await answer.read())
+            else:
+                # sized as the answer says (the caller compares it with what was asked): a
+                # shorter answer, or the whole file for a server that ignores ranges, is
+                # then in pages of its own length
+                pages = PageFiller(page_size, nbytes)
+                async for chunk in answer.content.iter_any():
+                    pages.feed(chunk)
+            content_range = answer.headers.get("Content-Range") if answer.status == 206 else None
+            pin.check_range(where, start, end, content_range, pages.received)
             return pages
 
     # fsspec's own batching, as its _cat_ranges runs these requests

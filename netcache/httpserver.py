@@ -47,7 +47,8 @@ class RangeServer:
     request, ``ignore_ranges`` (answer 200 with the whole file), ``hide_size`` (no
     Content-Length in HEAD), ``short_by`` (send that many bytes fewer than the range),
     ``range_limit`` (answer at most that many bytes of a range, saying so in
-    Content-Range, as some servers do).
+    Content-Range, as some servers do), ``range_shift`` (answer a range that many bytes
+    early), ``ignore_if_match`` (serve the current version whatever ``If-Match`` asks).
     """
 
     def __init__(
@@ -63,6 +64,10 @@ class RangeServer:
         self.hide_size = False
         self.short_by = 0
         self.range_limit: int | None = None
+        self.range_shift = 0
+        #: sizes to claim for some paths (in HEAD and Content-Range), whatever they hold
+        self.claimed_sizes: dict[str, int] = {}
+        self.ignore_if_match = False
         self.stall_seconds = 5.0
         self._stopped = False
         self._failures: list[int | str] = []
@@ -206,7 +211,7 @@ def _handler(server: RangeServer) -> type[BaseHTTPRequestHandler]:
             if file is None:
                 return self._error(404)
             if_match = self.headers.get("If-Match")
-            if if_match is not None and if_match != file.etag:
+            if if_match is not None and if_match != file.etag and not server.ignore_if_match:
                 return self._error(412)
             data = file.data
             start, end = 0, len(data)
@@ -227,8 +232,11 @@ def _handler(server: RangeServer) -> type[BaseHTTPRequestHandler]:
                     return None
                 if server.range_limit is not None:
                     end = min(end, start + server.range_limit)
+                if server.range_shift:  # a lying server: other bytes, said truly
+                    start, end = max(0, start - server.range_shift), end - server.range_shift
                 self.send_response(206)
-                self.send_header("Content-Range", f"bytes {start}-{end - 1}/{len(data)}")
+                total = server.claimed_sizes.get(path, len(data))
+                self.send_header("Content-Range", f"bytes {start}-{end - 1}/{total}")
             else:
                 self.send_response(200)
             payload = memoryview(data)[start:end]
@@ -247,7 +255,8 @@ def _handler(server: RangeServer) -> type[BaseHTTPRequestHandler]:
                         self.wfile.write(b"%x\r\n" % len(chunk) + bytes(chunk) + b"\r\n")
                     self.wfile.write(b"0\r\n\r\n")
                 return None
-            self.send_header("Content-Length", str(len(payload)))
+            claimed = server.claimed_sizes.get(path) if not body else None
+            self.send_header("Content-Length", str(claimed or len(payload)))
             self.end_headers()
             if body:
                 server._sent(len(payload))  # before writing: the client may be faster

@@ -136,6 +136,8 @@ class PageCache:
         counted as memory hits), else None with nothing touched: the hot path of a warm
         read, where every statement counts (a 64 KiB hit costs about twice its copy)."""
         get = self._pages.get
+        if last - first >= len(self._pages):  # more pages than are resident: a miss, at once
+            return None
         with self._lock:
             # plain tuples find PageKeys (same hash, equal): building PageKeys costs more
             # than the lookups. One page (most small reads) skips the comprehension.

@@ -19,6 +19,7 @@ from typing import Any
 from fsspec import AbstractFileSystem
 from fsspec.asyn import sync
 
+from netcache.answers import Pin
 from netcache.buffers import PageFiller
 from netcache.errors import FileChangedError
 from netcache.identity import redact_url
@@ -39,6 +40,7 @@ def get_ranges(
     path: str,
     ranges: list[tuple[int, int]],
     page_size: int,
+    pin: Pin,
     if_match: str | None = None,
 ) -> list[tuple[dict[str, Any], PageFiller]]:
     """``(answer headers, pages)`` of each ``[start, end)`` of ``path``, requested
@@ -47,8 +49,9 @@ def get_ranges(
     ``page_size`` as it arrives, not joined into one ``bytes`` first (see
     :mod:`netcache.http`). With ``if_match``, an object whose ETag is another raises
     :class:`FileChangedError`; other errors are s3fs's own (a missing object is
-    ``FileNotFoundError``)."""
-    return sync(target.loop, get_ranges_async, target, path, ranges, page_size, if_match)  # type: ignore[no-any-return]
+    ``FileNotFoundError``). Each answer is checked against its request and ``pin``
+    (:mod:`netcache.answers`)."""
+    return sync(target.loop, get_ranges_async, target, path, ranges, page_size, if_match, pin)  # type: ignore[no-any-return]
 
 
 async def get_ranges_async(
@@ -57,8 +60,12 @@ async def get_ranges_async(
     ranges: list[tuple[int, int]],
     page_size: int,
     if_match: str | None,
+    pin: Pin | None = None,
 ) -> list[tuple[dict[str, Any], PageFiller]]:
+    """``get_ranges`` on the target's loop; ``pin`` None (a first look, which learns
+    the version from the answers) checks nothing."""
     bucket, key, version = target.split_path(path)
+    where = redact_url(path)
     condition: dict[str, str] = {}
     if version:
         condition["VersionId"] = version
@@ -78,9 +85,12 @@ async def get_ranges_async(
             pages = PageFiller(page_size, answer.get("ContentLength", end - start))
             while chunk := await body.read(page_size):  # the body checks its length at the end
                 pages.feed(chunk)
-            return answer, pages
         finally:
             body.close()
+        if pin is not None:
+            pin.check_version(where, answer.get("ETag"), None)
+            pin.check_range(where, start, end, answer.get("ContentRange"), pages.received)
+        return answer, pages
 
     # and, as s3fs's cat_file does, the request made again when the body breaks off
     retry = getattr(sys.modules["s3fs.core"], "_error_wrapper", None)

@@ -11,6 +11,7 @@ import shutil
 import stat
 import subprocess
 import tempfile
+import threading
 import traceback
 from collections.abc import Iterator
 
@@ -337,3 +338,71 @@ def test_secrets_stay_out_of_netcache_s_messages(
     for text in (_shown(changed.value), _shown(short.value), warned[0]):
         assert "127.0.0.1" in text  # the URL is there, without userinfo and query
         assert not any(secret in text for secret in _SECRETS), text
+
+
+# -- the remote ---------------------------------------------------------------------------
+
+
+def test_a_range_that_starts_early_is_refused(server: RangeServer, cache_dir: str) -> None:
+    url = f"{server.url}/big.bin"
+    data = server._files["/big.bin"].data
+    fs = http_fs(cache_dir, check_interval=None, readahead=False)
+    assert fs.cat_file(url, 0, 10) == data[:10]  # the version is known
+    server.range_shift = 4096  # other bytes, with a Content-Range that says so
+    with pytest.raises(netcache.errors.ShortReadError, match="answered bytes"):
+        fs.cat_file(url, 5 * BS, 6 * BS)
+    server.range_shift = 0
+    assert fs.cat_file(url, 5 * BS, 6 * BS) == data[5 * BS : 6 * BS]
+    assert fs.flush(30)
+    netcache.close_all()
+    netcache.NetCacheFileSystem.clear_instance_cache()
+    again = http_fs(cache_dir, check_interval=None, readahead=False)
+    assert again.cat_file(url, 5 * BS, 6 * BS) == data[5 * BS : 6 * BS]  # and on disk
+
+
+def test_a_server_that_ignores_if_match_cannot_mix_versions(
+    server: RangeServer, cache_dir: str
+) -> None:
+    url = f"{server.url}/big.bin"
+    data = server._files["/big.bin"].data
+    fs = http_fs(cache_dir, check_interval=None, readahead=False)
+    with fs.open(url) as f:
+        assert f.read(BS) == data[:BS]
+        server.put("big.bin", payload_of(len(data)))  # a new version, same size
+        server.ignore_if_match = True
+        resident = fs.stats().pages.n  # what the first look brought
+        f.seek(30 * BS)  # past it
+        with pytest.raises(netcache.FileChangedError, match="ETag"):
+            f.read(BS)
+    assert fs.stats().pages.n == resident  # nothing of the new version kept as the old one
+    assert fs.flush(30) and fs.disk_usage().pages == resident
+
+
+@pytest.mark.timeout(60)
+def test_an_absurd_size_stalls_no_one(server: RangeServer, cache_dir: str) -> None:
+    server.put("absurd.bin", b"a" * (2 * BS))
+    server.claimed_sizes["/absurd.bin"] = 10**15  # what HEAD and Content-Range say
+    fs = http_fs(cache_dir, check_interval=None)
+    failed: list[BaseException] = []
+
+    absurd = f"{server.url}/absurd.bin"
+    assert fs.info(absurd)["size"] == 10**15
+
+    def read_absurd() -> None:
+        try:
+            fs.cat_file(absurd)
+        except OSError as exc:
+            failed.append(exc)
+
+    reader = threading.Thread(target=read_absurd)
+    reader.start()
+    small = server._files["/small.bin"].data
+    for _ in range(20):  # another reader goes on meanwhile
+        assert fs.cat_file(f"{server.url}/small.bin") == small
+    reader.join(50)
+    assert not reader.is_alive() and len(failed) == 1
+    assert isinstance(failed[0], netcache.errors.ShortReadError)
+
+
+def payload_of(n: int) -> bytes:
+    return bytes(reversed(range(256))) * (n // 256) + b"x" * (n % 256)
