@@ -279,6 +279,7 @@ class PageFetcher:
             self._counters.add("retrievals.remote")
             if self.page_cache.offer(page):
                 self._store(page)
+        self._throttle()
 
     # -- internals -------------------------------------------------------------------------
 
@@ -319,6 +320,7 @@ class PageFetcher:
                 shared.__cause__ = exc
             self.page_cache.fail({k: f for k, f in claimed.items() if k not in got}, shared)
             raise
+        self._throttle()  # every claim met: no reader waits on this thread's stores
         return got
 
     def _from_disk(
@@ -407,6 +409,8 @@ class PageFetcher:
                 self._counters.add("retrievals.remote")
                 if self.page_cache.complete(page, claimed[page.key]):
                     self._store(page)
+                elif self.writeback is not None and not self.page_cache.admitting:
+                    self._counters.add("unstored.pressure")  # to its readers, not kept
                 got[page.key] = page
 
     def _remote_ranges(
@@ -483,6 +487,11 @@ class PageFetcher:
     def _store(self, page: Page) -> None:
         if self.writeback is not None:
             self.writeback.submit(page)
+
+    def _throttle(self) -> None:
+        """After a fetch's stores: slowed to the disk's pace if it falls behind."""
+        if self.writeback is not None:
+            self.writeback.throttle()
 
 
 def _cat_ranges(

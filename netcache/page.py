@@ -27,9 +27,9 @@ def page_keys(file_id: str, version: str, indices: range) -> list[PageKey]:
 class StoreState(enum.Enum):
     """Where a page stands in write-back; a page is in exactly one state at a time.
 
-    ``NONE``: never queued (read from disk, memory-only cache, or refused by a full
-    queue); ``PENDING``: queued and cancellable; ``STORING``: a worker is writing it;
-    ``STORED``: on disk.
+    ``NONE``: never queued (read from disk, memory-only cache), or given up (cancelled
+    under pressure, failed, invalidated); ``PENDING``: queued and cancellable;
+    ``STORING``: being written (by a worker, or a throttled reader); ``STORED``: on disk.
     """
 
     NONE = "none"

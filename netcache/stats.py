@@ -53,10 +53,10 @@ class StoreStats:
     """Write-back to the disk tier, with the kernel's names.
 
     ``n``: store requests; ``ok``: queued; ``agn``: already queued or stored;
-    ``nbf``: queue full, so deferred (queued later if the page is still in memory, then
-    counted in ``ok``); ``oom``: failed for lack of memory; ``run``: stores a worker ran;
-    ``pgs``: pages stored; ``err``: stores the disk tier failed; ``pend``: bytes queued or
-    being stored now.
+    ``nbf``: times a reader found the queue over its share of memory (it then stored the
+    oldest run itself: ``own``); ``oom``: failed for lack of memory; ``run``: pages
+    whose store ran; ``pgs``: pages stored; ``err``: pages the disk tier failed to store;
+    ``pend``: bytes queued or being stored now.
     """
 
     label: ClassVar[str] = "Stores"
@@ -64,11 +64,31 @@ class StoreStats:
     ok: int = 0
     agn: int = 0
     nbf: int = 0
+    own: int = 0
     oom: int = 0
     run: int = 0
     pgs: int = 0
     err: int = 0
     pend: int = 0
+
+
+@dataclass(frozen=True)
+class UnstoredStats:
+    """Pages that never reached the disk tier, by why: nothing is dropped uncounted.
+
+    ``pressure``: store cancelled by reclaim under memory pressure (``VmScan: can``), or
+    page not kept at critical pressure; ``error``: the disk tier failed to store it;
+    ``full``: the disk was full (``ENOSPC``), even after culling; ``invalidated``: its
+    file changed or was written or cleared first; ``closed``: still queued when the
+    cache closed (interpreter exit after ``EXIT_DRAIN_SECONDS``).
+    """
+
+    label: ClassVar[str] = "Unstord"
+    pressure: int = 0
+    error: int = 0
+    full: int = 0
+    invalidated: int = 0
+    closed: int = 0
 
 
 @dataclass(frozen=True)
@@ -159,6 +179,7 @@ class StatsSnapshot:
     pages: PagesStats
     retrievals: RetrievalStats
     stores: StoreStats
+    unstored: UnstoredStats
     vmscan: VmScanStats
     evict: EvictStats
     invalidations: InvalidationStats

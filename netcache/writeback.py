@@ -4,13 +4,13 @@ disk tier in the background."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import sys
 import threading
 import time
-import weakref
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -20,9 +20,10 @@ from netcache.stats import Counters
 from netcache.warnonce import WarnOnce
 
 logger = logging.getLogger("netcache")
+#: Runs a producer stores itself per ``throttle`` call at most (each one shrinks the
+#: backlog, so this is a bound that a live queue never reaches).
+_MAX_OWN_RUNS = 64
 
-#: Stores deferred for lack of room, remembered at most (weak references: 16 bytes each).
-_MAX_DEFERRED = 1 << 16
 #: Niceness of the worker threads (on Linux each thread has its own): stores are
 #: background work and yield the CPU to readers, fetches and the event loop. On 2 cores
 #: (one file per page then), cold sequential reads with the disk tier went from 0.52 to
@@ -31,19 +32,24 @@ WORKER_NICENESS = 19
 
 
 class WritebackQueue:
-    """A bounded FIFO of pages to store, served by worker threads.
+    """A FIFO of pages to store, served by worker threads, that never drops a page it
+    was given but for memory pressure.
 
     A page moves NONE -> PENDING (``submit``) -> STORING (a worker took it) -> STORED, or
-    back to NONE when its store is cancelled, refused or fails. A worker takes the first
-    queued page with the pages queued right behind it that follow it in its file, up to
-    the backend's ``store_batch_pages``, and stores them in one call; it never waits for
-    more to come. ``submit`` never blocks:
-    once ``max_pending_bytes`` are queued or being stored, a store is refused for now
-    (counted as ``nbf``) and the page is remembered by a weak reference: when there is
-    room again it is queued (counted in ``ok`` then), if it is still alive and unstored.
-    So a reader streaming faster than the disk leaves every page it keeps on disk in the
-    end, and the queue never pins more than ``max_pending_bytes``; a deferred page that
-    memory drops meanwhile is simply not stored.
+    back to NONE when its store is cancelled under memory pressure, fails, or its file
+    is invalidated; every page that so never reaches the disk is counted by why
+    (``Unstored``). A worker takes the first queued page with the pages queued right
+    behind it that follow it in its file, up to the backend's ``store_batch_pages``,
+    and stores them in one call; it never waits for more to come.
+
+    ``submit`` always queues. A page pending storage is never evicted by routine
+    eviction (as FS-Cache keeps a page until its store ends), so the queue is what memory
+    holds beyond ``memory_limit``; it is bounded as Linux bounds dirty pages
+    (``balance_dirty_pages``): a producer that finds more than ``max_pending_bytes``
+    queued or being stored stores the oldest run itself, on its own thread, before it
+    goes on (``throttle``, counted as ``Stores: nbf`` and ``own``). So a reader that
+    outruns the disk is slowed to the disk's pace, and loses nothing: only reclaim
+    under memory pressure (``maybe_release_page``, counted ``can``) gives a store up.
 
     A file's metadata (``submit_meta``) is queued too, ahead of pages, the latest per
     file replacing one not yet written, and written one at a time: opening a new file
@@ -55,8 +61,8 @@ class WritebackQueue:
     pending byte count. Workers hold it only to take a job and to finish one, never
     across the backend's I/O, so readers, reclaim and workers never wait on a store.
 
-    Workers: one from the first store; another (up to ``workers``) each time a store is
-    refused for lack of room, that is when the disk tier falls behind. A store waits for
+    Workers: one from the first store; another (up to ``workers``) each time a producer
+    finds the queue over its share, that is when the disk tier falls behind. A store waits for
     the device (it bypasses the OS page cache): with ``memory_limit="64MiB"`` and 256
     MiB streamed, one worker left 26-81 MiB unstored (fetched again by the next pass, in
     6 runs), two left none (4 runs). Two from the start cost readers CPU where one keeps
@@ -64,9 +70,10 @@ class WritebackQueue:
     with one, 0.88 started this way (medians of 6 pairs).
 
     Workers run at the lowest CPU priority (``WORKER_NICENESS``, Linux): when the CPUs
-    are busy, readers run first and stores wait (the queue fills, and further stores are
-    deferred). A worker preempted while it holds the GIL delays Python threads until it
-    runs again; measured, the trade is still a gain for readers (see the constant).
+    are busy, readers run first and stores wait (the queue fills, and producers then
+    store runs themselves, at their own priority). A worker preempted while it holds the
+    GIL delays Python threads until it runs again; measured, the trade is still a gain
+    for readers (see the constant).
 
     Implements :class:`~netcache.policies.release.StoreControl` for release policies.
     ``before_lock_hook``, if set, runs in ``cancel_if_pending`` between a policy's first
@@ -91,7 +98,6 @@ class WritebackQueue:
         # same key may be queued while the old one is still being stored.
         self._queue: OrderedDict[Page, None] = OrderedDict()
         self._pending_bytes = 0
-        self._deferred: deque[weakref.ref[Page]] = deque()
         self._storing: set[Page] = set()
         self._doomed: set[Page] = set()  # being stored, but their file was invalidated
         self._metas: OrderedDict[str, dict[str, Any]] = OrderedDict()  # by file id
@@ -103,18 +109,14 @@ class WritebackQueue:
     # -- producers -----------------------------------------------------------------------
 
     def submit(self, page: Page) -> bool:
-        """Queue ``page`` for storing; False if it was refused. Never blocks."""
+        """Queue ``page`` for storing; False if it is queued or stored already, or the
+        queue is closed (counted as unstored). Never blocks: see ``throttle``."""
         with self._cond:
             if page.state is not StoreState.NONE:
                 self._counters.add_many({"stores.n": 1, "stores.agn": 1})
                 return False
-            if self._closed or self._pending_bytes + page.nbytes > self.max_pending_bytes:
-                self._counters.add_many({"stores.n": 1, "stores.nbf": 1})
-                if not self._closed:
-                    if len(self._deferred) < _MAX_DEFERRED:
-                        self._deferred.append(weakref.ref(page))
-                    if len(self._threads) < self.workers:  # the disk tier falls behind
-                        self._start_worker()
+            if self._closed:
+                self._counters.add_many({"stores.n": 1, "unstored.closed": 1})
                 return False
             self._enqueue(page)
             self._counters.add("stores.n")
@@ -122,6 +124,24 @@ class WritebackQueue:
                 self._start_worker()
             self._cond.notify()
         return True
+
+    def throttle(self) -> None:
+        """Called by a producer after its submits: while more than ``max_pending_bytes``
+        are queued or being stored, store the oldest run on this thread. Each run
+        stored (or failed) shrinks the backlog, and every producer does the same, so
+        this ends; it waits for no other thread."""
+        for _ in range(_MAX_OWN_RUNS):
+            with self._cond:
+                if self._pending_bytes <= self.max_pending_bytes or self._closed:
+                    return
+                self._counters.add("stores.nbf")
+                if len(self._threads) < self.workers:  # the disk tier falls behind
+                    self._start_worker()
+                batch = self._take_pages()
+            if batch is None:  # all of it is being stored already
+                return
+            self._counters.add("stores.own")
+            self._run_store(batch)
 
     def submit_meta(self, file_id: str, meta: dict[str, Any]) -> None:
         """Queue ``meta`` to be written as ``file_id``'s metadata. Never blocks; dropped
@@ -141,22 +161,6 @@ class WritebackQueue:
         self._pending_bytes += page.nbytes
         self._counters.add("stores.ok")
 
-    def _refill(self) -> None:
-        """Queue deferred pages, oldest first, while there is room. Caller holds the lock."""
-        while self._deferred:
-            page = self._deferred[0]()
-            if page is not None and page.state is StoreState.NONE:
-                if self._pending_bytes + page.nbytes > self.max_pending_bytes:
-                    return
-                self._enqueue(page)
-            self._deferred.popleft()
-
-    def _live_deferred(self) -> bool:
-        """Whether a deferred page is still waiting for room. Caller holds the lock."""
-        return any(
-            (p := ref()) is not None and p.state is StoreState.NONE for ref in self._deferred
-        )
-
     def _start_worker(self) -> None:
         thread = threading.Thread(
             target=self._work, name=f"netcache-writeback-{len(self._threads)}", daemon=True
@@ -175,6 +179,7 @@ class WritebackQueue:
             if state is StoreState.PENDING:
                 self._dequeue(page)
                 page.state = StoreState.NONE
+                self._counters.add("unstored.pressure")
                 self._cond.notify_all()
             return state
 
@@ -205,12 +210,12 @@ class WritebackQueue:
             return (file_id is None or key.file_id == file_id) and key.version != keep_version
 
         with self._cond:
-            for page in [p for p in self._queue if doomed(p.key)]:
+            dropped = [p for p in self._queue if doomed(p.key)]
+            for page in dropped:
                 self._dequeue(page)
                 page.state = StoreState.NONE
-            self._deferred = deque(
-                ref for ref in self._deferred if (p := ref()) is not None and not doomed(p.key)
-            )
+            if dropped:
+                self._counters.add("unstored.invalidated", len(dropped))
             self._doomed.update(p for p in self._storing if doomed(p.key))
             # Queued metadata goes whatever version it names: a version kept is on disk
             # already or written again by the caller (one missing only costs another
@@ -236,15 +241,14 @@ class WritebackQueue:
         return True
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until nothing is queued, deferred or being stored; False if ``timeout`` ran
-        out.
+        """Wait until nothing is queued or being stored; False if ``timeout`` ran out.
 
         Each store ends (stored, failed or cancelled), so with ``timeout=None`` this
         returns once the backlog present and arriving is done.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while (self._queue or self._storing or self._live_deferred() or self._metas
+            while (self._queue or self._storing or self._metas
                    or self._meta_running is not None):  # fmt: skip
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
@@ -254,14 +258,16 @@ class WritebackQueue:
 
     def close(self, drain_timeout: float) -> bool:
         """Stop accepting stores, let workers drain for ``drain_timeout`` seconds, then
-        drop what is left (those pages stay memory-only). Returns whether all was stored."""
+        drop what is left (those pages stay memory-only, counted ``Unstored: closed``).
+        Returns whether all was stored."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
         drained = self.flush(drain_timeout)
         with self._cond:
-            self._deferred.clear()
             self._metas.clear()
+            if self._queue:
+                self._counters.add("unstored.closed", len(self._queue))
             for page in list(self._queue):
                 self._dequeue(page)
                 page.state = StoreState.NONE
@@ -282,8 +288,11 @@ class WritebackQueue:
             file_id, meta = self._metas.popitem(last=False)
             self._meta_running = file_id
             return file_id, meta
-        if not self._queue:
-            self._refill()
+        return self._take_pages()
+
+    def _take_pages(self) -> list[Page] | None:
+        """Take the first queued page and those right behind it that follow it in its
+        file, marked STORING; None if nothing is queued. Caller holds the lock."""
         if not self._queue:
             return None
         page, _ = self._queue.popitem(last=False)
@@ -328,7 +337,8 @@ class WritebackQueue:
                 self._storing.discard(page)
             doomed = [page for page in pages if page in self._doomed]
             self._doomed.difference_update(doomed)
-            self._refill()
+            if doomed:
+                self._counters.add("unstored.invalidated", len(doomed))
             self._cond.notify_all()
         # also after a failure: a call that failed part-way may have stored some of them
         for page in doomed:
@@ -357,10 +367,13 @@ class WritebackQueue:
         try:
             self.backend.store_pages([(page.key, page.data) for page in pages])
         except MemoryError:
-            self._counters.add("stores.oom", n)
+            self._counters.add_many({"stores.oom": n, "unstored.error": n})
             return False
         except Exception as exc:
-            self._counters.add_many({"stores.err": n, "disk.werr": n})
+            full = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            self._counters.add_many(
+                {"stores.err": n, "disk.werr": n, f"unstored.{'full' if full else 'error'}": n}
+            )
             self._warn("store", "netcache: storing a page in the disk tier failed: %r", exc)
             return False
         self._counters.add("stores.pgs", n)

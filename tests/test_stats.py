@@ -25,7 +25,8 @@ def test_snapshot_text_attributes_and_dict() -> None:
     assert st.pages.n == 3 and st.pages.bytes == 3 * BS and st.pages.limit == 8 * BS
     text = str(st)
     names = [line.split(":")[0].strip() for line in text.splitlines()]
-    assert names == ["Pages", "Retrvls", "Stores", "VmScan", "Evict", "Invals", "Disk", "Pressure"]
+    assert names == ["Pages", "Retrvls", "Stores", "Unstord", "VmScan", "Evict", "Invals",
+                     "Disk", "Pressure"]  # fmt: skip
     assert re.search(r"^VmScan : nos=0 gon=0 bsy=0 can=0 wt=0 kep=0$", text, re.M)
     assert re.search(rf"^Retrvls: mem=1 disk=0 remote=3 rbytes={3 * BS} req=2 ", text, re.M)
     flat = st.as_dict()
