@@ -266,15 +266,18 @@ class PageCache:
         level: PressureLevel,
         attempt: int = 1,
         may_block: bool = True,
+        started: float | None = None,
     ) -> Outcome | None:
         """Ask the release policy about one resident page and drop it if released.
 
         Returns the outcome (counted on the VmScan line), or None if the page had left
-        memory already. The policy runs without this cache's lock.
+        memory already. The policy runs without this cache's lock. ``started``: when the
+        reclaim call asking began (``time.monotonic``; now if not given).
         """
         if self._pages.get(page.key) is not page:
             return None
-        request = ReleaseRequest(reason, level, attempt, self.stores, may_block)
+        when = time.monotonic() if started is None else started
+        request = ReleaseRequest(reason, level, attempt, self.stores, may_block, when)
         outcome = self.release_policy.maybe_release_page(page, request)
         self._counters.add(f"vmscan.{outcome.value}")
         if outcome.released:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -24,22 +25,29 @@ def reclaim_pages(
 
     Each victim still resident goes through its cache's release policy once per walk. A
     second walk is made only when the first freed too little and the policy kept some
-    pages (``kep``) that it may release when asked again (``attempt=2``).
+    pages (``kep``) that it may release when asked again (``attempt=2``), or found some
+    being stored (``bsy``): the write-back stores the oldest pages first, in the order
+    this walk looks at them, so those stores may have ended by then. Every answer is
+    counted on the VmScan line, so a page busy in both walks counts ``bsy`` twice.
+
+    Every policy of the walk shares one start time (``ReleaseRequest.started``): a
+    policy that may wait bounds the whole call, not each page.
     """
+    started = time.monotonic()
     freed_bytes = freed_pages = 0
     for attempt in (1, 2):
-        kept = False
+        again = False
         for cache, page in victims:
             if freed_bytes >= nbytes:
                 return freed_bytes, freed_pages
-            outcome = cache.release(page, reason, level, attempt, may_block)
+            outcome = cache.release(page, reason, level, attempt, may_block, started)
             if outcome is None:
                 continue
             if outcome.released:
                 freed_bytes += page.nbytes
                 freed_pages += 1
-            elif outcome is Outcome.KEP:
-                kept = True
-        if not kept:
+            elif outcome in (Outcome.KEP, Outcome.BSY):
+                again = True
+        if not again:
             break
     return freed_bytes, freed_pages

@@ -10,8 +10,9 @@ use ``request.stores`` to look at, cancel or wait for the page's store.
 from __future__ import annotations
 
 import enum
+import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from netcache.page import Page, StoreState
@@ -68,8 +69,10 @@ class ReleaseRequest:
     """Why a policy is asked, and the handle on the page's store.
 
     ``attempt`` is 1 on reclaim's first walk over the victims and 2 on a second walk,
-    made only when the first left pages kept (``KEP``) and did not free enough.
-    ``may_block`` is False where waiting could hold up a reader.
+    made only when the first did not free enough and left pages kept (``KEP``) or busy
+    (``BSY``). ``may_block`` is False where waiting could hold up a reader. ``started``
+    is when the reclaim call began (``time.monotonic``), the same for every page it
+    asks about: a policy that waits bounds the whole call by it.
     """
 
     reason: Reason
@@ -77,6 +80,7 @@ class ReleaseRequest:
     attempt: int
     stores: StoreControl
     may_block: bool = True
+    started: float = field(default_factory=time.monotonic)
 
 
 class ReleasePolicy(ABC):
@@ -140,8 +144,10 @@ class WaitForStore(ReleasePolicy):
     is done, then release. It deadlocks when the store itself needs the memory that
     reclaim is trying to free, and it is the one deliberate exception to "nothing blocks
     forever". With a timeout it is what later kernels did: cancel a queued store, and for
-    a running one wait at most ``timeout`` seconds when the caller may block, then look
-    once more without waiting.
+    a running one wait when the caller may block, then look once more without waiting.
+    ``timeout`` bounds the waits of one whole reclaim call (from ``request.started``),
+    not each page's: eight busy pages on a stalled disk hold reclaim ``timeout`` seconds,
+    not eight times that.
     """
 
     def __init__(self, timeout: float | None = None) -> None:
@@ -160,7 +166,8 @@ class WaitForStore(ReleasePolicy):
         outcome = _release_or_cancel(page, request.stores)
         if outcome is not Outcome.BSY or not request.may_block:
             return outcome
-        if request.stores.wait_until_stored(page, self.timeout):
+        remaining = self.timeout - (time.monotonic() - request.started)
+        if remaining > 0 and request.stores.wait_until_stored(page, remaining):
             return Outcome.GON
         return Outcome.BSY
 
