@@ -215,6 +215,15 @@ class CookieJar:
             else:
                 self._cookies.pop(path, None)
 
+    def unlearn(self, file_id: str | None) -> None:
+        """Forget which version of a file (or of every file) the disk tier's metadata
+        names, after it was removed: the next version learnt writes it again."""
+        with self._lock:
+            if file_id is None:
+                self._known.clear()
+            else:
+                self._known.pop(file_id, None)
+
     def file_id(self, path: str) -> str:
         return make_file_id(self.target_id, path)
 

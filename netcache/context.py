@@ -18,7 +18,7 @@ from typing import Any
 import psutil
 
 from netcache.backends.base import Backend
-from netcache.backends.directory import DirectoryBackend
+from netcache.backends.directory import DirectoryBackend, table_size
 from netcache.backends.folder import group_id
 from netcache.coherency import CookieJar
 from netcache.errors import UntrustedFolderError
@@ -118,10 +118,12 @@ class CacheConfig:
                 f"memory_limit={memory_limit!r} must hold at least one page (block_size={bs})"
             )
         disk = parse_size(disk_limit, "disk_limit")
-        if isinstance(resolved, str) and disk < 2 * bs:
+        two_pages = 2 * (bs + table_size(1))  # a page and its header table, on disk
+        if isinstance(resolved, str) and disk < two_pages:
             raise ValueError(
-                f"disk_limit={disk_limit!r} must hold at least two pages "
-                f"(block_size={bs}); use cache_dir=False for no disk tier"
+                f"disk_limit={disk_limit!r} must hold at least two pages: {two_pages} bytes "
+                f"(block_size={bs}, and {table_size(1)} of page headers a segment file); use "
+                "cache_dir=False for no disk tier"
             )
         make_eviction_policy(eviction)
         make_release_policy(release_policy)
@@ -299,6 +301,8 @@ class CacheContext:
                 self._disk_error("invalidate", exc)
         if file_id is None:
             self.cookies.forget()
+        if keep_version is None:  # its metadata went too: written again when next learnt
+            self.cookies.unlearn(file_id)
         self.counters.add_many({"invalidations.n": 1, "invalidations.pages": dropped})
         return dropped
 

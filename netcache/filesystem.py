@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import numbers
 import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -146,7 +147,8 @@ class NetCacheFileSystem(ChainedFileSystem):
                 "when chaining)"
             )
         super().__init__(**storage_options)
-        self.fs = _make_target(fs, target_protocol, target_options)
+        self._target = _make_target(fs, target_protocol, target_options)
+        self._target_forks = registry.forks
         self.config = CacheConfig.build(
             cache_dir,
             block_size,
@@ -173,6 +175,15 @@ class NetCacheFileSystem(ChainedFileSystem):
         self._target_id = target_identity(self.fs)
         self._forks = registry.forks
         self._context = registry.acquire(self.config, self._target_id)
+
+    @property
+    def fs(self) -> AbstractFileSystem:
+        """The target filesystem; made anew in a forked child, as the cache context is (an
+        async target's event loop and sessions belong to the parent)."""
+        if self._target_forks != registry.forks:
+            self._target = _made_again(self._target)
+            self._target_forks = registry.forks
+        return self._target
 
     @property
     def _verify(self) -> bool:
@@ -315,6 +326,7 @@ class NetCacheFileSystem(ChainedFileSystem):
         self, path: str, start: int | None = None, end: int | None = None, **kwargs: Any
     ) -> bytes:
         tpath = self._target_path(path)
+        start, end = _offset("start", start), _offset("end", end)
         try:
             return self._cat(self._cookie(tpath, reading=[(start, end)]), start, end)
         except FileChangedError:  # changed between the version check and the fetch
@@ -380,8 +392,7 @@ class NetCacheFileSystem(ChainedFileSystem):
         several files read concurrently (``FILE_WORKERS`` at a time)."""
         if not isinstance(paths, list):
             raise TypeError(f"paths must be a list, not {type(paths).__name__}")
-        starts = starts if isinstance(starts, list) else [starts] * len(paths)
-        ends = ends if isinstance(ends, list) else [ends] * len(paths)
+        starts, ends = _offsets("starts", starts, len(paths)), _offsets("ends", ends, len(paths))
         if not len(paths) == len(starts) == len(ends):
             raise ValueError("paths, starts and ends must have the same length")
         by_path: dict[str, list[int]] = {}
@@ -761,14 +772,35 @@ def _make_target(fs: Any, protocol: Any, options: Any) -> AbstractFileSystem:
         raise ValueError(f"target_protocol={protocol!r}: {exc}") from exc
 
 
-def _absolute_range(size: int, start: int | None, end: int | None) -> tuple[int, int]:
-    """Python-slice semantics for ``start``/``end`` (None, negative from the end)."""
-    for name, value in (("start", start), ("end", end)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-            raise TypeError(f"{name}={value!r} must be an int or None")
+def _made_again(target: AbstractFileSystem) -> AbstractFileSystem:
+    """``target`` made anew from its own arguments (fsspec's instance cache is emptied
+    in a forked child, so this is a new instance)."""
+    return type(target)(*target.storage_args, **target.storage_options)
+
+
+def _absolute_range(size: int, start: Any, end: Any) -> tuple[int, int]:
+    """Python-slice semantics for ``start``/``end`` (None, negative from the end); any
+    integer type (numpy's too, as plain fsspec takes them), never a bool."""
+    start, end = _offset("start", start), _offset("end", end)
     lo = 0 if start is None else (max(0, size + start) if start < 0 else start)
     hi = size if end is None else (max(0, size + end) if end < 0 else min(end, size))
     return lo, max(lo, hi)
+
+
+def _offset(name: str, value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}={value!r} must be an int or None")
+    return int(value)
+
+
+def _offsets(name: str, values: Any, n: int) -> list[int | None]:
+    """``starts`` or ``ends`` of ``cat_ranges``: one for all (None or an integer), or one
+    each (a list, tuple or array), as ints."""
+    if values is None or not hasattr(values, "__iter__"):
+        return [_offset(name, values)] * n
+    return [_offset(name, value) for value in values]
 
 
 def _waves(spans: dict[str, list[Span]], limit: int) -> Iterator[dict[str, list[Span]]]:

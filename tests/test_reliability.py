@@ -204,7 +204,12 @@ def test_disk_trouble_never_fails_a_read(tmp_path, trouble: str,
                 backend.broken = errno.ENOSPC if trouble == "full" else errno.EROFS  # type: ignore[attr-defined]
             elif trouble == "read-only":
                 subprocess.run(["mount", "-o", "remount,ro", where], check=True)
-            # a full tmpfs fills by itself: 6 files of 512 KiB do not fit in 2 MiB
+            else:  # full of something else: culling the cache's own pages frees nothing
+                fd = os.open(os.path.join(where, "ballast"), os.O_WRONLY | os.O_CREAT)
+                with contextlib.suppress(OSError):  # written until the disk is full
+                    while os.write(fd, b"\1" * 4096):
+                        pass
+                os.close(fd)
 
         def mend_disk() -> None:
             if not real:
@@ -212,7 +217,7 @@ def test_disk_trouble_never_fails_a_read(tmp_path, trouble: str,
             elif trouble == "read-only":
                 subprocess.run(["mount", "-o", "remount,rw", where], check=True)
             else:
-                fs.clear()
+                os.unlink(os.path.join(where, "ballast"))
 
         break_disk()
         with caplog.at_level(logging.WARNING, logger="netcache"):
@@ -221,6 +226,8 @@ def test_disk_trouble_never_fails_a_read(tmp_path, trouble: str,
             assert fs.flush(30)
         st = fs.stats()
         assert st.stores.err > 0 and st.disk.werr > 0
+        why = st.unstored.full if trouble == "full" else st.unstored.error
+        assert why == st.stores.err  # every store given up, counted by why
         assert len([r for r in caplog.records if "storing a page" in r.getMessage()]) == 1
         mend_disk()
         stored = fs.stats().stores.pgs

@@ -50,6 +50,13 @@ class PageIndex(cachetools.LRUCache):
         self.cbytes += item[1]
         return item
 
+    def cull(self, name: str) -> int:
+        """Remove ``name`` as culled (counted), out of the LRU order; its size."""
+        size = self.pop(name)
+        self.culls += 1
+        self.cbytes += size
+        return size
+
     def forget_all(self) -> None:
         """Empty the index without counting culls (its pages were removed on purpose)."""
         while self:

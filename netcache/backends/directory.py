@@ -52,6 +52,7 @@ STORE_BATCH_BYTES = 4 << 20
 RESCAN_LIMIT_SHARE = 64
 _TMP_PREFIX = ".tmp."
 META_NAME = "meta.json"
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 _STALE_TMP_SECONDS = 3600.0
 #: Seconds by which recency shared through mtimes may lag: a disk hit on a segment
 #: touched more recently than this does not touch it again (a syscall saved per hit).
@@ -456,7 +457,42 @@ class DirectoryBackend(Backend):
 
     def _store_run(self, rel: str, run: list[tuple[int, PageKey, PageBuffer]]) -> None:
         """Store pages of adjacent slots of one segment, with one open and (unless some
-        slots are taken) one write of their bytes and one of their headers."""
+        slots are taken) one write of their bytes and one of their headers. A full disk
+        (``ENOSPC``, ``EDQUOT``) first makes room, culling the least recently used
+        segments, and the run is written once more; only then is the error raised."""
+        try:
+            self._write_run(rel, run)
+        except OSError as exc:
+            if exc.errno not in _DISK_FULL or not self._cull_for(
+                rel, 2 * len(run) * self.block_size
+            ):
+                raise
+            self._write_run(rel, run)
+        with self._lock:
+            mask = self._slots.get(rel, 0)
+            for slot, _, _ in run:
+                mask |= 1 << slot
+            self._slots[rel] = mask
+            fits = self._index_segment(rel, mask)
+            culled = self._take_culled()
+            self._stores_since_rescan += len(run)
+            # pages held, counted as whole segments: O(1) under the lock
+            due = self._stores_since_rescan >= max(
+                self._rescan_floor, len(self._index) * self.segment_pages // 8
+            )
+        self._unlink_culled(culled)
+        if not fits:
+            self._forget(rel)
+            self.folder.remove(rel)
+            raise ValueError(f"a segment does not fit disk_limit={self.limit}")
+        if due and self._rescan_lock.acquire(blocking=False):
+            try:  # see what other processes stored, and cull the folder as a whole
+                self._rescan()
+            finally:
+                self._rescan_lock.release()
+
+    def _write_run(self, rel: str, run: list[tuple[int, PageKey, PageBuffer]]) -> None:
+        """The writes of ``_store_run``."""
         bs = self.block_size
         headers = [page_header(key, bs, data) for _, key, data in run]
         first = run[0][0]
@@ -480,28 +516,24 @@ class DirectoryBackend(Backend):
                 _pwrite_all(fd, [b"".join(headers[lo:hi])], (first + lo) * HEADER_SIZE)
         finally:
             os.close(fd)
+
+    def _cull_for(self, keep: str, nbytes: int) -> bool:
+        """Cull least recently used segments (never ``keep``) until ``nbytes`` are freed;
+        whether anything was."""
+        culled: list[tuple[str, int]] = []
         with self._lock:
-            mask = self._slots.get(rel, 0)
-            for slot, _, _ in run:
-                mask |= 1 << slot
-            self._slots[rel] = mask
-            fits = self._index_segment(rel, mask)
-            culled = self._take_culled()
-            self._stores_since_rescan += len(run)
-            # pages held, counted as whole segments: O(1) under the lock
-            due = self._stores_since_rescan >= max(
-                self._rescan_floor, len(self._index) * self.segment_pages // 8
-            )
+            freed = 0
+            for rel in list(self._index):  # least recently used first
+                if freed >= nbytes:
+                    break
+                if rel != keep:
+                    size = self._index.cull(rel)
+                    self._slots.pop(rel, None)
+                    self._since_listing.pop(rel, None)
+                    culled.append((rel, size))
+                    freed += size
         self._unlink_culled(culled)
-        if not fits:
-            self._forget(rel)
-            self.folder.remove(rel)
-            raise ValueError(f"a segment does not fit disk_limit={self.limit}")
-        if due and self._rescan_lock.acquire(blocking=False):
-            try:  # see what other processes stored, and cull the folder as a whole
-                self._rescan()
-            finally:
-                self._rescan_lock.release()
+        return bool(culled)
 
     def _write_direct(self, fd: int, run: list[tuple[int, PageKey, PageBuffer]], at: int) -> bool:
         """Write whole pages' bytes at ``at`` around the OS page cache; False if that is
