@@ -17,6 +17,7 @@ from netcache.cookie import FileCookie
 from netcache.errors import CorruptMetadataError
 from netcache.identity import digest, is_secret_option, redact_url
 from netcache.identity import file_id as make_file_id
+from netcache.retry import Retries
 from netcache.writeback import WritebackQueue
 
 META_FORMAT = 1
@@ -50,6 +51,7 @@ class CookieJar:
         on_change: Callable[[str, str], None],
         on_stale: Callable[[str, Exception], None],
         on_damaged: Callable[[Exception], None],
+        retries: Retries,
     ) -> None:
         self.target_id = target_id
         self.backend = backend
@@ -57,6 +59,7 @@ class CookieJar:
         self._on_change = on_change
         self._on_stale = on_stale
         self._on_damaged = on_damaged
+        self._retries = retries
         self._lock = threading.Lock()
         # path -> (cookie, when its version was checked)
         self._cookies: cachetools.LRUCache[str, tuple[FileCookie, float]] = cachetools.LRUCache(
@@ -93,7 +96,7 @@ class CookieJar:
             if entry is None and first_look is not None:
                 ask = first_look
         try:
-            info = ask(path)
+            info = self._retries.for_target(target).call(lambda: ask(path))
         except Exception as exc:
             known = self._last_known(fid, path) if offline and _unreachable(exc) else None
             if known is None:

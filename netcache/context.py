@@ -28,6 +28,7 @@ from netcache.pagecache import PageCache
 from netcache.policies.eviction import EvictionPolicy, make_eviction_policy
 from netcache.policies.release import ReleasePolicy, make_release_policy
 from netcache.pressure import MemoryPressureMonitor, default_monitor
+from netcache.retry import Retries
 from netcache.sizes import parse_size
 from netcache.stats import Counters, StatsSnapshot
 from netcache.warnonce import WarnOnce
@@ -42,6 +43,8 @@ DEFAULT_BLOCK_SIZE = 128 * KiB
 DEFAULT_MEMORY_LIMIT = min(512 * MiB, psutil.virtual_memory().total // 8)
 DEFAULT_DISK_LIMIT = 10 * GiB
 DEFAULT_WRITEBACK_WORKERS = 2
+#: Times a request is made again after a transient error (as the AWS SDKs: 3).
+DEFAULT_RETRIES = 3
 #: Seconds between checks that a remote file is unchanged.
 DEFAULT_CHECK_INTERVAL = 60.0
 #: At interpreter exit, pending write-backs get this long to finish; the rest is dropped.
@@ -73,6 +76,7 @@ class CacheConfig:
     check_interval: float | None
     memory_monitor: MemoryPressureMonitor | None
     trusted_gid: int | None = None
+    retries: int = DEFAULT_RETRIES
 
     @classmethod
     def build(
@@ -87,6 +91,7 @@ class CacheConfig:
         check_interval: Any,
         memory_monitor: Any = None,
         trusted_group: Any = None,
+        retries: Any = DEFAULT_RETRIES,
     ) -> CacheConfig:
         if cache_dir is None:
             cache_dir = default_cache_dir()
@@ -142,6 +147,8 @@ class CacheConfig:
                 f"check_interval={check_interval!r} must be None (files never change) or a "
                 "number of seconds >= 0 (0: check on every open)"
             )
+        if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 10:
+            raise ValueError(f"retries={retries!r} must be an int from 0 to 10")
         if memory_monitor is None:
             monitor: MemoryPressureMonitor | None = default_monitor()
         elif memory_monitor is False:
@@ -164,6 +171,7 @@ class CacheConfig:
             None if check_interval is None else float(check_interval),
             monitor,
             group_id(trusted_group),
+            retries,
         )
 
     def conflicts(self, other: CacheConfig) -> list[str]:
@@ -205,6 +213,8 @@ class CacheContext:
         self.target_id = target_id
         self.counters = Counters()
         self.warn = WarnOnce()
+        #: how transient remote errors are retried, on every path
+        self.retries = Retries(config.retries, self._retried)
         self.backend: Backend | None = self._open_backend()
         self.writeback = (
             WritebackQueue(
@@ -229,6 +239,7 @@ class CacheContext:
             config.block_size,
             self.counters,
             self.warn,
+            self.retries,
             self.backend,
             self.writeback,
         )
@@ -241,6 +252,7 @@ class CacheContext:
             on_change=self.invalidate_file,
             on_stale=self._stale,
             on_damaged=self._damaged_meta,
+            retries=self.retries,
         )
         # no thread until the first read of several files; workers wait only for pages
         # claimed by fetches under way, never for another worker's queued job
@@ -270,6 +282,9 @@ class CacheContext:
             self.config.cache_dir,
             exc,
         )
+
+    def _retried(self, exc: BaseException) -> None:
+        self.counters.add("retrievals.retry")
 
     def _damaged_meta(self, exc: Exception) -> None:
         self.counters.add("disk.rerr")

@@ -23,6 +23,7 @@ from netcache.http import if_match_headers, is_http, streams_pages
 from netcache.identity import describe_error, redact_url
 from netcache.page import Page, PageKey, StoreState, page_keys
 from netcache.pagecache import PageCache
+from netcache.retry import Retries
 from netcache.s3 import get_ranges as get_s3_ranges
 from netcache.s3 import is_s3
 from netcache.stats import Counters
@@ -73,10 +74,12 @@ class PageFetcher:
         block_size: int,
         counters: Counters,
         warn: WarnOnce,
+        retries: Retries,
         backend: Backend | None = None,
         writeback: WritebackQueue | None = None,
     ) -> None:
         self.page_cache = page_cache
+        self.retries = retries
         self.block_size = block_size
         self.backend = backend
         self.writeback = writeback
@@ -260,7 +263,7 @@ class PageFetcher:
 
     def load_whole(self, target: AbstractFileSystem, cookie: FileCookie) -> FileCookie:
         """Read a file whose size the remote does not report, once, into pages."""
-        data = target.cat_file(cookie.path)
+        data = self.retries.for_target(target).call(lambda: target.cat_file(cookie.path))
         cookie = cookie.with_size(len(data))
         self.offer_pages(cookie, 0, PageFiller.whole(self.block_size, data))
         return cookie
@@ -427,18 +430,20 @@ class PageFetcher:
         bs = self.block_size
         s3 = is_s3(target)
         pinned = etag is not None and (s3 or is_http(target))
-        try:
+
+        def request() -> list[PageFiller]:
             if pinned and s3:
-                answers = [a for _, a in get_s3_ranges(target, cookie.path, ranges, bs, pin, etag)]
-            else:
-                # HTTP is pinned by a header whoever makes the request: fsspec's own
-                # HTTPFileSystem (streamed here), or a subclass with its own requests
-                options = {"headers": if_match_headers(target, etag)} if pinned else {}
-                if streams_pages(target):
-                    answers = get_http_ranges(target, cookie.path, ranges, bs, pin, **options)
-                else:
-                    blobs = _cat_ranges(target, cookie.path, starts, ends, **options)
-                    answers = [PageFiller.whole(bs, blob) for blob in blobs]
+                return [a for _, a in get_s3_ranges(target, cookie.path, ranges, bs, pin, etag)]
+            # HTTP is pinned by a header whoever makes the request: fsspec's own
+            # HTTPFileSystem (streamed here), or a subclass with its own requests
+            options = {"headers": if_match_headers(target, etag)} if pinned else {}
+            if streams_pages(target):
+                return get_http_ranges(target, cookie.path, ranges, bs, pin, **options)
+            blobs = _cat_ranges(target, cookie.path, starts, ends, **options)
+            return [PageFiller.whole(bs, blob) for blob in blobs]
+
+        try:  # a retry makes the same request: pinned to the same version
+            answers = self.retries.for_target(target).call(request)
         except Exception as exc:
             self._counters.add_many({"retrievals.req": len(starts), "retrievals.err": 1})
             if getattr(exc, "status", None) == 412:
@@ -454,7 +459,7 @@ class PageFetcher:
         return answers
 
     def _check_version(self, target: AbstractFileSystem, cookie: FileCookie) -> None:
-        info = target.info(cookie.path)
+        info = self.retries.for_target(target).call(lambda: target.info(cookie.path))
         if version_token(info) != cookie.token:
             self._counters.add("retrievals.err")
             raise FileChangedError(f"{redact_url(cookie.path)} changed while open")

@@ -22,6 +22,7 @@ from netcache.context import (
     DEFAULT_CHECK_INTERVAL,
     DEFAULT_DISK_LIMIT,
     DEFAULT_MEMORY_LIMIT,
+    DEFAULT_RETRIES,
     DEFAULT_WRITEBACK_WORKERS,
     CacheConfig,
     CacheContext,
@@ -102,6 +103,12 @@ class NetCacheFileSystem(ChainedFileSystem):
     memory_monitor:
         None: register with the process-wide :class:`~netcache.MemoryPressureMonitor`;
         False: none; or a monitor of your own (its limit, thresholds, probe).
+    retries:
+        Times a request is made again after a transient error (a 5xx answer, a reset, a
+        timeout), with bounded exponential backoff and jitter, on every path (opens,
+        reads, ``cat_ranges``, read-ahead, first looks, version checks); default 3, as
+        the AWS SDKs. 4xx answers are raised at once, and a target that retries for
+        itself (s3fs) is not retried again on top. Counted as ``Retrvls: retry``.
     trusted_group:
         None (default): the cache folder, and everything in it, must belong to this user
         and be writable by no one else, or construction raises
@@ -134,6 +141,7 @@ class NetCacheFileSystem(ChainedFileSystem):
         check_interval: float | None = DEFAULT_CHECK_INTERVAL,
         memory_monitor: MemoryPressureMonitor | bool | None = None,
         trusted_group: str | int | None = None,
+        retries: int = DEFAULT_RETRIES,
         readahead: int | str | bool = DEFAULT_READAHEAD,
         offline: bool = False,
         fo: str | None = None,
@@ -160,6 +168,7 @@ class NetCacheFileSystem(ChainedFileSystem):
             check_interval,
             memory_monitor,
             trusted_group,
+            retries,
         )
         if readahead is True:
             readahead = DEFAULT_READAHEAD
@@ -232,7 +241,9 @@ class NetCacheFileSystem(ChainedFileSystem):
         def look(tpath: str) -> dict[str, Any]:
             if isinstance(looked, FileNotFoundError):
                 raise looked
-            found = looked or first_look(self.fs, tpath, spans, bs)
+            found = looked or first_look(
+                self.fs, tpath, spans, bs, self.context.retries.for_target(self.fs)
+            )
             if found is None:
                 return self.fs.info(tpath)
             offered.extend(found[1])
@@ -423,7 +434,8 @@ class NetCacheFileSystem(ChainedFileSystem):
         for wave in _waves(cold, limit):
             # the first looks of many files at once, as plain fsspec's requests go out; a
             # wave's files are read (on the workers) while the next wave is looked at
-            looked = first_looks(self.fs, {self._target_path(p): wave[p] for p in wave}, bs)
+            looked = first_looks(self.fs, {self._target_path(p): wave[p] for p in wave}, bs,
+                                 self.context.retries.for_target(self.fs))  # fmt: skip
             for p in wave:
                 indices = by_path[p]
                 answer = looked[self._target_path(p)]

@@ -29,6 +29,7 @@ from fsspec.asyn import _run_coros_in_chunks, sync
 from netcache.buffers import PageFiller
 from netcache.http import streams_pages
 from netcache.identity import redact_url
+from netcache.retry import Retries, is_transient
 from netcache.s3 import get_ranges_async as get_s3_ranges
 from netcache.s3 import is_s3
 
@@ -89,23 +90,31 @@ Looked = Found | FileNotFoundError | None
 
 
 def first_look(
-    target: AbstractFileSystem, path: str, spans: list[Span], page_size: int
+    target: AbstractFileSystem,
+    path: str,
+    spans: list[Span],
+    page_size: int,
+    retries: Retries | None = None,
 ) -> Found | None:
     """``(info, [(start, bytes) of each span])`` of ``path`` (a span's bytes in pages of
     ``page_size``, as they arrive, and cut short by the end of the file), or None where
     the target offers no such request or an answer is not plain; raises
     ``FileNotFoundError`` if there is no such file."""
-    looked = first_looks(target, {path: spans}, page_size)[path] if spans else None
+    looked = first_looks(target, {path: spans}, page_size, retries)[path] if spans else None
     if isinstance(looked, FileNotFoundError):  # as info() would say it
         raise looked
     return looked
 
 
 def first_looks(
-    target: AbstractFileSystem, spans: dict[str, list[Span]], page_size: int
+    target: AbstractFileSystem,
+    spans: dict[str, list[Span]],
+    page_size: int,
+    retries: Retries | None = None,
 ) -> dict[str, Looked]:
     """A first look at each file of ``spans`` (path -> its spans), all of them at once
-    on the target's event loop, as fsspec's ``cat`` of many files sends its requests."""
+    on the target's event loop, as fsspec's ``cat`` of many files sends its requests.
+    Each file's look is made again after a transient error, as ``retries`` says."""
     if streams_pages(target):  # a subclass with requests of its own is asked info()
         look = _http_first_look
     elif is_s3(target):
@@ -113,8 +122,13 @@ def first_looks(
     else:
         return dict.fromkeys(spans)
 
+    async def one_file(path: str, file_spans: list[Span]) -> Found | None:
+        if retries is None:
+            return await look(target, path, file_spans, page_size)
+        return await retries.call_async(lambda: look(target, path, file_spans, page_size))
+
     async def all_files() -> list[Any]:
-        return await asyncio.gather(*(look(target, path, file_spans, page_size)
+        return await asyncio.gather(*(one_file(path, file_spans)
                                       for path, file_spans in spans.items()),
                                     return_exceptions=True)  # fmt: skip
 
@@ -191,6 +205,8 @@ async def _http_first_look(
         async with session.get(url, headers=ranged, **kwargs) as r:
             if r.status == 404:
                 raise FileNotFoundError(redact_url(path))  # as fsspec's info(), but redacted
+            if r.status >= 500:
+                r.raise_for_status()  # transient: the look is made again (netcache.retry)
             if r.headers.get("Content-Encoding", "identity") not in ("identity", ""):
                 return None
             if r.status == 206:
@@ -230,4 +246,7 @@ async def _http_first_look(
     for answer in answers:
         if isinstance(answer, FileNotFoundError):
             raise answer
+    for answer in answers:
+        if isinstance(answer, Exception) and is_transient(answer):
+            raise answer  # the whole look is made again, as any request is
     return _agreed(spans, answers, _HTTP_VERSION)

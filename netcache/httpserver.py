@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -68,6 +69,8 @@ class RangeServer:
         #: sizes to claim for some paths (in HEAD and Content-Range), whatever they hold
         self.claimed_sizes: dict[str, int] = {}
         self.ignore_if_match = False
+        #: called after each failure ``fail_next`` asked for is answered (a test's hook)
+        self.after_failure: Callable[[], None] | None = None
         self.stall_seconds = 5.0
         self._stopped = False
         self._failures: list[int | str] = []
@@ -207,7 +210,10 @@ def _handler(server: RangeServer) -> type[BaseHTTPRequestHandler]:
             if failure == "stall":
                 time.sleep(server.stall_seconds)
             elif failure is not None:
-                return self._error(int(failure))
+                self._error(int(failure))
+                if server.after_failure is not None:
+                    server.after_failure()
+                return None
             if file is None:
                 return self._error(404)
             if_match = self.headers.get("If-Match")

@@ -33,7 +33,8 @@ class RetrievalStats:
     ``mem``/``disk``/``remote``: pages served from each tier; ``rbytes``: bytes fetched
     from the remote; ``req``: remote data requests; ``joined``: pages a reader waited for
     because another reader was already fetching them (single flight); ``err``: failed
-    remote fetches; ``stale``: versions served without a check because the remote could
+    remote fetches; ``retry``: requests made again after a transient error (a 5xx, a
+    reset, a timeout); ``stale``: versions served without a check because the remote could
     not be reached (``offline=True`` only).
     """
 
@@ -45,6 +46,7 @@ class RetrievalStats:
     req: int = 0
     joined: int = 0
     err: int = 0
+    retry: int = 0
     stale: int = 0
 
 
