@@ -315,7 +315,7 @@ class DirectoryBackend(Backend):
         return found
 
     def load_pages(self, keys: Sequence[PageKey]) -> dict[PageKey, PageBuffer | OSError]:
-        # One open, one read of the headers and one mapping per run of adjacent pages of
+        # One open, one read of the headers and one read per run of adjacent pages of
         # a segment, not per page: a new process reading its pages back from disk was
         # bound by that per-page work, not by the disk.
         segments: dict[str, list[tuple[int, PageKey]]] = {}
@@ -500,7 +500,7 @@ class DirectoryBackend(Backend):
         try:
             table = os.pread(fd, len(run) * HEADER_SIZE, first * HEADER_SIZE)
             # Written once: a slot holding a page (another process's, say) is left as it
-            # is, so bytes someone has mapped never change under them.
+            # is (a damaged page's header is cleared first, by the reader that found it).
             free = [i for i in range(len(run))
                     if table[i * HEADER_SIZE : i * HEADER_SIZE + len(MAGIC)] != MAGIC]  # fmt: skip
             whole = [len(data) == bs for _, _, data in run]
