@@ -62,12 +62,9 @@ class WritebackQueue:
     across the backend's I/O, so readers, reclaim and workers never wait on a store.
 
     Workers: one from the first store; another (up to ``workers``) each time a producer
-    finds the queue over its share, that is when the disk tier falls behind. A store waits for
-    the device (it bypasses the OS page cache): with ``memory_limit="64MiB"`` and 256
-    MiB streamed, one worker left 26-81 MiB unstored (fetched again by the next pass, in
-    6 runs), two left none (4 runs). Two from the start cost readers CPU where one keeps
-    up: cold sequential with the disk tier at 0.75 of a memory-only cache's rate, 0.86
-    with one, 0.88 started this way (medians of 6 pairs).
+    finds the queue over its share, that is when the disk tier falls behind (a worker is
+    started after the lock is let go). Two from the start cost readers CPU where one
+    keeps up (measured before throttling: ``benchmarks/results/`` and the history).
 
     Workers run at the lowest CPU priority (``WORKER_NICENESS``, Linux): when the CPUs
     are busy, readers run first and stores wait (the queue fills, and producers then
@@ -120,9 +117,10 @@ class WritebackQueue:
                 return False
             self._enqueue(page)
             self._counters.add("stores.n")
-            if not self._threads:
-                self._start_worker()
+            worker = self._new_worker() if not self._threads else None
             self._cond.notify()
+        if worker is not None:
+            worker.start()
         return True
 
     def throttle(self) -> None:
@@ -135,9 +133,11 @@ class WritebackQueue:
                 if self._pending_bytes <= self.max_pending_bytes or self._closed:
                     return
                 self._counters.add("stores.nbf")
-                if len(self._threads) < self.workers:  # the disk tier falls behind
-                    self._start_worker()
+                # the disk tier falls behind: another worker
+                worker = self._new_worker() if len(self._threads) < self.workers else None
                 batch = self._take_pages()
+            if worker is not None:
+                worker.start()
             if batch is None:  # all of it is being stored already
                 return
             self._counters.add("stores.own")
@@ -150,9 +150,10 @@ class WritebackQueue:
             if self._closed:
                 return
             self._metas[file_id] = meta
-            if not self._threads:
-                self._start_worker()
+            worker = self._new_worker() if not self._threads else None
             self._cond.notify()
+        if worker is not None:
+            worker.start()
 
     def _enqueue(self, page: Page) -> None:
         """Queue a page in state NONE. Caller holds the lock."""
@@ -161,12 +162,15 @@ class WritebackQueue:
         self._pending_bytes += page.nbytes
         self._counters.add("stores.ok")
 
-    def _start_worker(self) -> None:
+    def _new_worker(self) -> threading.Thread:
+        """A worker thread, counted among the workers; the caller starts it once it has
+        let go of the lock (a thread start is not done under a lock others share).
+        Caller holds the lock."""
         thread = threading.Thread(
             target=self._work, name=f"netcache-writeback-{len(self._threads)}", daemon=True
         )
         self._threads.append(thread)
-        thread.start()
+        return thread
 
     # -- StoreControl --------------------------------------------------------------------
 
