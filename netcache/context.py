@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +28,7 @@ from netcache.identity import describe_error, redact_url
 from netcache.pagecache import PageCache
 from netcache.policies.eviction import EvictionPolicy, make_eviction_policy
 from netcache.policies.release import ReleasePolicy, make_release_policy
-from netcache.pressure import MemoryPressureMonitor, default_monitor
+from netcache.pressure import MemoryPressureMonitor, default_monitor, provide_default_settings
 from netcache.retry import Retries
 from netcache.sizes import parse_size
 from netcache.stats import Counters, StatsSnapshot
@@ -394,6 +395,20 @@ class _Registry:
 
 
 registry = _Registry()
+
+
+def _environment_settings() -> dict[str, Any]:
+    """The default memory monitor's settings: inside a Dask worker, its memory limit and
+    thresholds below its spill threshold; elsewhere netcache's defaults."""
+    if "distributed" not in sys.modules:
+        return {}
+    from netcache.daskenv import current_worker, monitor_settings
+
+    worker = current_worker()
+    return monitor_settings(worker) if worker is not None else {}
+
+
+provide_default_settings(_environment_settings)
 
 
 def close_all(drain_timeout: float = EXIT_DRAIN_SECONDS) -> bool:

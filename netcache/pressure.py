@@ -6,7 +6,6 @@ import heapq
 import logging
 import os
 import resource
-import sys
 import threading
 import time
 import uuid
@@ -346,22 +345,25 @@ def _monitor_for(token: str, settings: dict[str, Any]) -> MemoryPressureMonitor:
 
 
 def default_monitor() -> MemoryPressureMonitor:
-    """The process-wide monitor every cache registers with unless told otherwise."""
+    """The process-wide monitor every cache registers with unless told otherwise, made
+    the first time with the settings the composition root provides
+    (``provide_default_settings``)."""
     global _default
     with _default_lock:
         if _default is None:
-            _default = MemoryPressureMonitor(**_environment_settings())
+            _default = MemoryPressureMonitor(**_default_settings())
         return _default
 
 
-def _environment_settings() -> dict[str, Any]:
-    """Inside a Dask worker: its memory limit, and thresholds below its spill threshold."""
-    if "distributed" not in sys.modules:
-        return {}
-    from netcache.dask import current_worker, monitor_settings
+def provide_default_settings(source: Callable[[], dict[str, Any]]) -> None:
+    """Where the default monitor takes its settings when it is made (inside a Dask
+    worker, the worker's limit and thresholds): the composition root says, so that this
+    module knows nothing of Dask."""
+    global _default_settings
+    _default_settings = source
 
-    worker = current_worker()
-    return monitor_settings(worker) if worker is not None else {}
+
+_default_settings: Callable[[], dict[str, Any]] = dict
 
 
 def _after_fork_in_child() -> None:

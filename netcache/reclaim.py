@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from netcache.page import Page
 from netcache.policies.release import Outcome, PressureLevel, Reason
 
-if TYPE_CHECKING:
-    from netcache.pagecache import PageCache
+
+class ReleasesPages(Protocol):
+    """What reclaim asks of a cache holding a victim (``PageCache`` is one): run the
+    release policy on one page and drop it if released."""
+
+    def release(self, page: Page, reason: Reason, level: PressureLevel, attempt: int,
+                may_block: bool, started: float | None) -> Outcome | None: ...  # fmt: skip
 
 
 def reclaim_pages(
-    victims: Sequence[tuple[PageCache, Page]],
+    victims: Sequence[tuple[ReleasesPages, Page]],
     nbytes: int,
     reason: Reason,
     level: PressureLevel,
