@@ -244,8 +244,6 @@ class CacheContext:
             self.backend,
             self.writeback,
         )
-        if config.memory_monitor is not None:
-            config.memory_monitor.register(self.page_cache)
         self.cookies = CookieJar(
             target_id,
             self.backend,
@@ -258,6 +256,12 @@ class CacheContext:
         # no thread until the first read of several files; workers wait only for pages
         # claimed by fetches under way, never for another worker's queued job
         self.file_workers = ThreadPoolExecutor(FILE_WORKERS, "netcache-files")
+
+    def watch_memory(self) -> None:
+        """Register the page cache with the memory monitor, which may start its thread:
+        done by the registry once this context is the one in use, outside its lock."""
+        if self.config.memory_monitor is not None:
+            self.config.memory_monitor.register(self.page_cache)
 
     def _open_backend(self) -> Backend | None:
         if self.config.cache_dir is None or isinstance(self.config.cache_dir, Backend):
@@ -350,11 +354,13 @@ class CacheContext:
 class _Registry:
     """Process-wide map from (cache folder, target) to its context.
 
-    One lock guards the map. A forked child starts with an empty map and a new lock:
-    contexts made in the parent (their locks, threads and queued stores) are the
-    parent's, and instances in the child make fresh ones. ``forks`` counts the forks
-    this process descends from, so an instance sees that it crossed one with an integer
-    comparison on every read (``os.getpid`` is a system call).
+    One lock guards the map, held for lookups and insertions only: contexts are built,
+    and registered with the memory monitor, outside it. A forked child starts with an
+    empty map and a new lock: contexts made in the parent (their locks, threads and
+    queued stores) are the parent's, and instances in the child make fresh ones.
+    ``forks`` counts the forks this process descends from, so an instance sees that it
+    crossed one with an integer comparison on every read (``os.getpid`` is a system
+    call).
     """
 
     def __init__(self) -> None:
@@ -363,12 +369,20 @@ class _Registry:
         self.forks = 0
 
     def acquire(self, config: CacheConfig, target_id: str) -> CacheContext:
+        """The context of ``config``'s folder and ``target_id``, made if there is none.
+        A new one is built outside the lock (it reads the disk tier's folder), then put
+        in unless another thread put one in first (the one built here is then dropped:
+        nothing of it has started), then registered with the memory monitor."""
         key = (config.cache_dir, target_id)
         with self.lock:
             context = self.contexts.get(key)
-            if context is None:
-                context = self.contexts[key] = CacheContext(config, target_id)
-                return context
+        if context is None:
+            built = CacheContext(config, target_id)
+            with self.lock:
+                context = self.contexts.setdefault(key, built)
+            if context is built:
+                built.watch_memory()
+                return built
         problems = config.conflicts(context.config)
         if problems:
             raise ValueError(

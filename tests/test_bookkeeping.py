@@ -5,6 +5,7 @@ targets rebuilt across fork(), and offsets of any integer type."""
 from __future__ import annotations
 
 import multiprocessing
+import threading
 
 import fsspec
 import numpy as np
@@ -119,3 +120,43 @@ def test_offsets_may_be_numpy_integers(server: RangeServer, cache_dir: str) -> N
         assert f.read(np.int32(10)) == data[1000:1010]
     with pytest.raises(TypeError, match="start="):
         fs.cat_file(url, True, 10)
+
+
+def test_a_cache_being_built_holds_up_no_other(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from netcache.backends.directory import DirectoryBackend
+
+    gate, entered = threading.Event(), threading.Event()
+    rescan = DirectoryBackend._rescan
+
+    def slow_rescan(self: DirectoryBackend) -> None:
+        if "slow" in self.files and not gate.is_set():  # a large folder being read
+            entered.set()
+            assert gate.wait(30)
+        rescan(self)
+
+    monkeypatch.setattr(DirectoryBackend, "_rescan", slow_rescan)
+    made: dict[str, netcache.NetCacheFileSystem] = {}
+
+    def build(name: str) -> None:
+        made[name] = netcache.NetCacheFileSystem(
+            target_protocol="memory", cache_dir=str(tmp_path / name), memory_monitor=False,
+            skip_instance_cache=True,
+        )  # fmt: skip
+
+    slow = threading.Thread(target=build, args=("slow",))
+    slow.start()
+    assert entered.wait(10)
+    other = threading.Thread(target=build, args=("fast",))
+    other.start()
+    other.join(10)  # the registry's lock is not held while the slow folder is read
+    done_first = not other.is_alive()
+    twin = threading.Thread(target=build, args=("slow",))  # the same folder, meanwhile
+    twin.start()
+    gate.set()
+    slow.join(30)
+    twin.join(30)
+    assert done_first and "fast" in made
+    assert made["slow"].context is netcache.NetCacheFileSystem(
+        target_protocol="memory", cache_dir=str(tmp_path / "slow"), memory_monitor=False,
+        skip_instance_cache=True,
+    ).context  # fmt: skip
