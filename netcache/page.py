@@ -46,9 +46,10 @@ class Page:
     or, when nothing else holds that buffer any more, lends it to a later page. Code that
     keeps a page's bytes beyond a call must keep the page or a copy: a view of ``data``
     is enough to stop the reuse, as it holds a reference to the buffer.
-    ``state`` is written only by the :class:`~netcache.writeback.WritebackQueue` under
-    its lock; anyone may read it without a lock to take a first look, as
-    ``fscache_maybe_release_page`` does.
+    ``state`` is written by the :class:`~netcache.writeback.WritebackQueue` under its
+    lock, and once by the fetcher before a page read from the disk tier is published
+    (``STORED``: it is on disk already); anyone may read it without a lock to take a
+    first look, as ``fscache_maybe_release_page`` does.
     """
 
     __slots__ = ("__weakref__", "atime", "data", "key", "state")

@@ -1089,3 +1089,10 @@ def test_a_fresh_folder_is_rebuilt_after_a_64th_of_the_limit_not_every_few_pages
     backend.store_pages([(key, payload(BS, key.index)) for key in keys[250:]])
     assert rebuilds == 2  # past 256 pages since the last
     assert backend.usage().pages == 300
+
+
+def test_a_mapping_backend_takes_sizes_as_everything_else_does(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    backend = MappingBackend(zict.File(str(tmp_path / "z")), block_size="64KiB", limit="10GiB")
+    assert (backend.block_size, backend.limit) == (64 << 10, 10 << 30)
+    with pytest.raises(ValueError, match="limit="):
+        MappingBackend({}, block_size=BS, limit="lots")

@@ -19,6 +19,7 @@ from netcache.backends.base import (
 )
 from netcache.buffers import PageBuffer
 from netcache.page import PageKey
+from netcache.sizes import parse_size
 
 
 class MappingBackend(Backend):
@@ -39,15 +40,18 @@ class MappingBackend(Backend):
     need; the mapping's own I/O therefore runs under that lock.
     """
 
-    def __init__(self, mapping: MutableMapping[str, bytes], block_size: int, limit: int) -> None:
+    def __init__(
+        self, mapping: MutableMapping[str, bytes], block_size: int | str, limit: int | str
+    ) -> None:
+        """``block_size`` and ``limit`` in bytes, or size strings (``"10GiB"``)."""
         self.mapping = mapping
-        self.block_size = block_size
-        self.limit = limit
+        self.block_size = parse_size(block_size, "block_size", minimum=4096)
+        self.limit = limit = parse_size(limit, "limit")
         self._lock = threading.Lock()
         self._index = PageIndex(limit)
         for name in list(mapping):
             if name.endswith(".page"):
-                self._track(name, HEADER_SIZE + block_size)
+                self._track(name, HEADER_SIZE + self.block_size)
 
     def _name(self, key: PageKey) -> str:
         return f"{key.file_id}.{key.version}.{self.block_size:x}.{key.index:x}.page"
