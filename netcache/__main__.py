@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
             print(cli.stats(args.cache_dir, args.json))
         else:
             print(cli.clear(args.cache_dir, args.older_than, args.url, args.json))
-    except FileNotFoundError as exc:
+    except OSError as exc:  # not a cache folder, not to be trusted, or not all removed
         print(f"python -m netcache {args.command}: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -103,10 +103,18 @@ def stats(cache_dir: str, as_json: bool) -> str:
     return "\n".join(lines)
 
 
+class RemovalFailed(OSError):
+    """``clear`` could not remove some of what it was asked to; its message is the
+    report of what was removed and what was not."""
+
+
 def clear(cache_dir: str, older_than: float | None, url: str | None, as_json: bool) -> str:
     """Remove every cached file, or the pages not used for ``older_than`` seconds, or
-    one URL's file (matched without userinfo and query string)."""
+    one URL's file (matched without userinfo and query string). What could not be
+    removed is counted apart, never as removed: then :class:`RemovalFailed` is raised,
+    its message the report."""
     removed_files = removed_pages = removed_bytes = 0
+    failed: list[OSError] = []
     cutoff = None if older_than is None else time.time() - older_than
     wanted = None if url is None else redact_url(url)
     folder = open_files_folder(cache_dir)
@@ -114,23 +122,35 @@ def clear(cache_dir: str, older_than: float | None, url: str | None, as_json: bo
         if wanted is not None and f.url != wanted:
             continue
         if cutoff is None:
-            folder.remove(f.folder)
+            try:
+                folder.remove(f.folder)
+            except OSError as exc:
+                failed.append(exc)
+                continue
             removed_files += 1
             removed_pages += f.pages
             removed_bytes += f.bytes
             continue
-        old = _older_segments(folder, f.folder, cutoff)
+        old = _older_segments(folder, f.folder, cutoff, failed)
         removed_pages += sum(pages for pages, _ in old)
         removed_bytes += sum(nbytes for _, nbytes in old)
     report = {"files": removed_files, "pages": removed_pages, "bytes": removed_bytes}
     if as_json:
-        return json.dumps({"removed": report})
-    return f"removed {removed_pages} pages ({format_size(removed_bytes)}) of {cache_dir}"
+        text = json.dumps({"removed": report, "failed": len(failed)})
+    else:
+        text = f"removed {removed_pages} pages ({format_size(removed_bytes)}) of {cache_dir}"
+        if failed:
+            text += f"; {len(failed)} could not be removed (first: {failed[0]})"
+    if failed:
+        raise RemovalFailed(text)
+    return text
 
 
-def _older_segments(folder: CacheFolder, rel: str, cutoff: float) -> list[tuple[int, int]]:
+def _older_segments(
+    folder: CacheFolder, rel: str, cutoff: float, failed: list[OSError]
+) -> list[tuple[int, int]]:
     """Remove the segments of file folder ``rel`` not used since ``cutoff``; return the
-    pages and bytes of each."""
+    pages and bytes of each removed, and add to ``failed`` what could not be."""
     removed = []
     try:
         dir_fd, _ = folder.open_folder(rel)
@@ -151,7 +171,11 @@ def _older_segments(folder: CacheFolder, rel: str, cutoff: float) -> list[tuple[
             finally:
                 os.close(fd)
             if st.st_mtime < cutoff:
-                remove_at(dir_fd, name)
+                try:
+                    remove_at(dir_fd, name)
+                except OSError as exc:
+                    failed.append(exc)
+                    continue
                 removed.append((pages, st.st_size))
     finally:
         os.close(dir_fd)

@@ -240,8 +240,12 @@ class PageFetcher:
         try:
             self._fetch_claimed(target, claimed, dict.fromkeys(claimed, cookie), verify,
                                 failure=ReadaheadFailed)  # fmt: skip
-        except Exception:  # the readers that need these pages fetch them themselves
-            pass
+        except Exception as exc:  # counted where it failed (Retrvls: err); said once here
+            self._warn(
+                "readahead",
+                "netcache: a read-ahead fetch failed (%s); its readers fetch the pages",
+                describe_error(exc),
+            )
         finally:
             self._release_ra(len(claimed) * self.block_size)
 

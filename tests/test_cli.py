@@ -69,3 +69,32 @@ def test_cli_errors(tmp_path) -> None:  # type: ignore[no-untyped-def]
     out = run("clear", str(tmp_path), "--older-than", "5", "--url", "x")
     assert out.returncode == 2 and "not allowed with" in out.stderr
     assert run("frobnicate").returncode == 2
+
+
+def test_a_removal_that_fails_is_not_counted_as_done(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from netcache import cli
+    from netcache.backends.folder import CacheFolder
+
+    cache = str(tmp_path / "c")
+    fill(cache)
+    remove = CacheFolder.remove
+    calls: list[str] = []
+
+    def failing_once(self: CacheFolder, rel: str) -> None:
+        calls.append(rel)
+        if len(calls) == 1:
+            raise PermissionError(13, "Permission denied", rel)
+        remove(self, rel)
+
+    monkeypatch.setattr(CacheFolder, "remove", failing_once)
+    try:
+        cli.clear(cache, None, None, as_json=True)
+    except cli.RemovalFailed as exc:
+        report = json.loads(str(exc))
+    else:
+        raise AssertionError("a failed removal was reported as done")
+    assert report["failed"] == 1 and report["removed"]["files"] == 1
+    left = json.loads(cli.stats(cache, as_json=True))
+    assert left["total"]["files"] == 1  # the one that failed is still there, and says so
+    out = run("stats", str(tmp_path / "nowhere"))
+    assert out.returncode == 1 and "holds no netcache disk tier" in out.stderr

@@ -3,6 +3,7 @@ that reaches a reader who does not need the page, off under critical pressure.""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
@@ -146,13 +147,19 @@ def test_readahead_off() -> None:
     assert remote_pages(fs) == 2
 
 
-def test_failed_readahead_never_reaches_the_reader() -> None:
+def test_failed_readahead_never_reaches_the_reader(caplog: pytest.LogCaptureFixture) -> None:
     fs, target, data = make(32)
     target.fail_readahead = True
-    with fs.open("/ra/f") as f:
-        for i in range(32):
-            assert f.read(BS) == data[i * BS : (i + 1) * BS]  # own fetches succeed
-    assert fs.stats().retrievals.err >= 1  # read-ahead did fail, quietly
+    with caplog.at_level(logging.WARNING, logger="netcache"):
+        with fs.open("/ra/f") as f:
+            for i in range(32):
+                assert f.read(BS) == data[i * BS : (i + 1) * BS]  # own fetches succeed
+        assert fs.stats().retrievals.err >= 1  # read-ahead did fail: counted, and said once
+
+        def said() -> list[logging.LogRecord]:
+            return [r for r in caplog.records if "read-ahead fetch failed" in r.getMessage()]
+
+        assert wait_for(lambda: len(said()) == 1) and len(said()) == 1
     target.fail_readahead = False
     assert fs.cat_file("/ra/f") == data  # nothing poisoned
 
