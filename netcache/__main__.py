@@ -24,17 +24,11 @@ def main(argv: list[str] | None = None) -> int:
                        help="only pages not used for this long")  # fmt: skip
     which.add_argument("--url", help="only this remote file")
     empty.add_argument("--json", action="store_true", help="machine-readable output")
-    second = commands.add_parser("_second-process")  # used by the demo itself
-    second.add_argument("url")
-    second.add_argument("cache_dir")
     args = parser.parse_args(argv)
     if args.command == "demo":
         if args.size_mib < 1:
             parser.error("--size-mib must be at least 1")
         return demo.run(args.size_mib, args.cache_dir)
-    if args.command == "_second-process":
-        demo.second_process(args.url, args.cache_dir)
-        return 0
     if args.command == "clear" and args.older_than is not None and args.older_than < 0:
         parser.error("--older-than must be a number of seconds >= 0")
     try:

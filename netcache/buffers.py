@@ -213,3 +213,10 @@ def trim_heap() -> bool:
     """Give free heap memory back to the OS (glibc ``malloc_trim``); False elsewhere."""
     trim = _malloc_trim()
     return bool(trim(0)) if trim is not None else False
+
+
+def reset_after_fork() -> None:
+    """In a forked child: a new, empty pool (the parent's lock may have been held by
+    another thread at the fork). Called by :mod:`netcache.process`."""
+    global _kept
+    _kept = _Kept()

@@ -8,9 +8,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from netcache.backends.base import MAX_META_BYTES, decode_meta
-from netcache.backends.directory import LAYOUT, META_NAME, parse_segment_name, stored_slots
+from netcache.backends.base import HEADER_SIZE, MAX_META_BYTES, decode_meta
 from netcache.backends.folder import CacheFolder, remove_at
+from netcache.backends.segments import LAYOUT, META_NAME, parse_segment_name, slots_in
 from netcache.identity import redact_url
 from netcache.sizes import format_size
 
@@ -72,7 +72,7 @@ def _cached_file(folder: CacheFolder, rel: str, dir_fd: int) -> CachedFile:
             except OSError:
                 continue
             try:
-                entry.pages += stored_slots(fd, parsed[2]).bit_count()
+                entry.pages += _stored_pages(fd, parsed[2])
                 entry.bytes += os.fstat(fd).st_size
             finally:
                 os.close(fd)
@@ -167,7 +167,7 @@ def _older_segments(
                 continue
             try:
                 st = os.fstat(fd)
-                pages = stored_slots(fd, parsed[2]).bit_count()
+                pages = _stored_pages(fd, parsed[2])
             finally:
                 os.close(fd)
             if st.st_mtime < cutoff:
@@ -180,3 +180,8 @@ def _older_segments(
     finally:
         os.close(dir_fd)
     return removed
+
+
+def _stored_pages(fd: int, pages: int) -> int:
+    """Pages whose header the segment open at ``fd`` has written (not checked: a count)."""
+    return slots_in(os.pread(fd, pages * HEADER_SIZE, 0), pages).bit_count()

@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from netcache.context import registry
 from netcache.daskenv import current_worker, monitor_settings
+from netcache.process import registry
 
 __all__ = ["cluster_stats", "current_worker", "monitor_settings", "process_stats"]
 
@@ -23,8 +23,7 @@ __all__ = ["cluster_stats", "current_worker", "monitor_settings", "process_stats
 def process_stats() -> dict[str, int]:
     """Every cache of this process summed (pressure counters, which caches sharing one
     monitor all report, are taken once)."""
-    with registry.lock:
-        contexts = list(registry.contexts.values())
+    contexts = registry.in_use()
     total: dict[str, int] = {}
     for context in contexts:
         _merge(total, context.stats().as_dict(), lambda name: name.startswith("pressure."))

@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 
-from netcache.backends.directory import LAYOUT
+from netcache.backends.segments import LAYOUT
 from netcache.filesystem import NetCacheFileSystem
 from netcache.httpserver import RangeServer, random_bytes
 from netcache.sizes import format_size
@@ -65,7 +65,7 @@ def run(size_mib: int = 32, cache_dir: str | None = None) -> int:
         fs.flush(timeout=30)
         server.reset_counts()
         out = subprocess.run(
-            [sys.executable, "-m", "netcache", "_second-process", url, folder],
+            [sys.executable, "-m", "netcache.demo", url, folder],
             check=True, capture_output=True, text=True,
         )  # fmt: skip
         report = json.loads(out.stdout)
@@ -85,3 +85,7 @@ def run(size_mib: int = 32, cache_dir: str | None = None) -> int:
             fs.clear()
             os.rmdir(os.path.join(folder, LAYOUT, "files"))
         return 0 if same and rows[2][2] == 0 else 1
+
+
+if __name__ == "__main__":  # the demo's second process: python -m netcache.demo URL DIR
+    second_process(sys.argv[1], sys.argv[2])

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from fsspec import AbstractFileSystem
@@ -35,6 +35,9 @@ from netcache.s3 import is_s3
 
 if TYPE_CHECKING:
     from fsspec.implementations.http import HTTPFileSystem
+
+#: Told of a first look that fell back to ``info()``: the path, and the error if any.
+FellBack = Callable[[str, "BaseException | None"], None]
 
 #: Bytes a first look asks for when a file is opened or read whole: whole small files,
 #: and the first read of most others (bytes that a file's first read does not use are
@@ -95,12 +98,15 @@ def first_look(
     spans: list[Span],
     page_size: int,
     retries: Retries | None = None,
+    fell_back: FellBack | None = None,
 ) -> Found | None:
     """``(info, [(start, bytes) of each span])`` of ``path`` (a span's bytes in pages of
     ``page_size``, as they arrive, and cut short by the end of the file), or None where
     the target offers no such request or an answer is not plain; raises
     ``FileNotFoundError`` if there is no such file."""
-    looked = first_looks(target, {path: spans}, page_size, retries)[path] if spans else None
+    if not spans:
+        return None
+    looked = first_looks(target, {path: spans}, page_size, retries, fell_back)[path]
     if isinstance(looked, FileNotFoundError):  # as info() would say it
         raise looked
     return looked
@@ -111,10 +117,13 @@ def first_looks(
     spans: dict[str, list[Span]],
     page_size: int,
     retries: Retries | None = None,
+    fell_back: FellBack | None = None,
 ) -> dict[str, Looked]:
     """A first look at each file of ``spans`` (path -> its spans), all of them at once
     on the target's event loop, as fsspec's ``cat`` of many files sends its requests.
-    Each file's look is made again after a transient error, as ``retries`` says."""
+    Each file's look is made again after a transient error, as ``retries`` says. A look
+    that could be taken but answers None (an error, an answer that is not plain) is
+    reported to ``fell_back`` with its error, if any: the caller then asks ``info()``."""
     if streams_pages(target):  # a subclass with requests of its own is asked info()
         look = _http_first_look
     elif is_s3(target):
@@ -134,13 +143,15 @@ def first_looks(
 
     try:
         found = sync(target.loop, all_files)
-    except Exception:  # the caller's info() raises the error in fsspec's own form
-        return dict.fromkeys(spans)
+    except Exception as exc:  # the caller's info() raises the error in fsspec's own form
+        found = [exc] * len(spans)
     out: dict[str, Looked] = {}
     for path, looked in zip(spans, found, strict=True):
         # anything else than no such file: info() says it in fsspec's own form
         failed = isinstance(looked, BaseException) and not isinstance(looked, FileNotFoundError)
         out[path] = None if failed else looked
+        if (failed or looked is None) and fell_back is not None:
+            fell_back(path, looked if failed else None)
     return out
 
 

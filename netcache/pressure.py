@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import heapq
 import logging
-import os
 import resource
 import threading
 import time
@@ -165,6 +164,10 @@ class MemoryPressureMonitor:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self.autostart = autostart
+        #: What a pickle of this monitor calls to find its counterpart where it lands, if
+        #: not a monitor with its settings (the process-wide default monitor is the
+        #: receiving process's own; :mod:`netcache.process` sets it).
+        self.pickled_as: Callable[[], MemoryPressureMonitor] | None = None
         # Pickles (for Dask) travel as this token and the settings: one monitor per token
         # per process, so unpickling in the process that made it gives back this one.
         self._token = uuid.uuid4().hex
@@ -181,8 +184,8 @@ class MemoryPressureMonitor:
         }  # fmt: skip
 
     def __reduce__(self) -> tuple[Any, ...]:
-        if self is _default:  # the receiving process's own default (a Dask worker's)
-            return (default_monitor, ())
+        if self.pickled_as is not None:  # the receiving process's own (a Dask worker's)
+            return (self.pickled_as, ())
         # a custom probe travels too, so it must be picklable (a module-level function)
         return (_monitor_for, (self._token, self.settings()))
 
@@ -324,10 +327,6 @@ class MemoryPressureMonitor:
         self._caches = weakref.WeakSet()
 
 
-_default: MemoryPressureMonitor | None = None
-_default_lock = threading.Lock()
-
-
 _by_token: weakref.WeakValueDictionary[str, MemoryPressureMonitor] = weakref.WeakValueDictionary()
 _by_token_lock = threading.Lock()
 
@@ -344,35 +343,8 @@ def _monitor_for(token: str, settings: dict[str, Any]) -> MemoryPressureMonitor:
     return monitor
 
 
-def default_monitor() -> MemoryPressureMonitor:
-    """The process-wide monitor every cache registers with unless told otherwise, made
-    the first time with the settings the composition root provides
-    (``provide_default_settings``)."""
-    global _default
-    with _default_lock:
-        if _default is None:
-            _default = MemoryPressureMonitor(**_default_settings())
-        return _default
-
-
-def provide_default_settings(source: Callable[[], dict[str, Any]]) -> None:
-    """Where the default monitor takes its settings when it is made (inside a Dask
-    worker, the worker's limit and thresholds): the composition root says, so that this
-    module knows nothing of Dask."""
-    global _default_settings
-    _default_settings = source
-
-
-_default_settings: Callable[[], dict[str, Any]] = dict
-
-
-def _after_fork_in_child() -> None:
-    global _default, _default_lock, _by_token_lock
-    _default_lock = threading.Lock()
+def reset_tokens_after_fork() -> None:
+    """In a forked child: a new lock for the map of pickled monitors (the parent's may
+    have been held by another thread at the fork). Called by :mod:`netcache.process`."""
+    global _by_token_lock
     _by_token_lock = threading.Lock()
-    if _default is not None:
-        _default.reset_after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)

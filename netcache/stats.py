@@ -35,7 +35,9 @@ class RetrievalStats:
     because another reader was already fetching them (single flight); ``err``: failed
     remote fetches; ``retry``: requests made again after a transient error (a 5xx, a
     reset, a timeout); ``stale``: versions served without a check because the remote could
-    not be reached (``offline=True`` only).
+    not be reached (``offline=True`` only); ``nolook``: first looks (the version learnt
+    from a cold read's own ranged requests) that could not be used, so ``info()`` was
+    asked instead.
     """
 
     label: ClassVar[str] = "Retrvls"
@@ -48,6 +50,7 @@ class RetrievalStats:
     err: int = 0
     retry: int = 0
     stale: int = 0
+    nolook: int = 0
 
 
 @dataclass(frozen=True)
@@ -150,6 +153,7 @@ class DiskStats:
     cbytes: int = 0
     rerr: int = 0
     werr: int = 0
+    cerr: int = 0
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import netcache
-from netcache.backends.directory import LAYOUT
+from netcache.backends.segments import LAYOUT
 from netcache.sizes import parse_size
 
 

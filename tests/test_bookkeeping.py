@@ -13,7 +13,7 @@ import pytest
 from conftest import BS, MiB, http_fs, payload
 
 import netcache
-from netcache.backends.directory import table_size
+from netcache.backends.segments import table_size
 from netcache.httpserver import RangeServer
 from netcache.page import PageKey
 
@@ -80,7 +80,7 @@ def test_a_full_disk_is_culled_before_a_store_is_given_up(tmp_path) -> None:  # 
         # the folder filled up long before its 64 MiB limit: older files were culled to
         # make room, and no store was given up
         assert st.unstored.full == 0 and st.stores.pgs == 8 * 8 and st.disk.culls > 0
-        last = fs._cookie("/full/7")
+        last = fs.reader.pin_version("/full/7")
         backend = fs.context.backend
         assert backend is not None
         assert all(backend.holds(PageKey(last.file_id, last.version, i)) for i in range(8))

@@ -126,8 +126,8 @@ def _worker_view(dask_worker: Any) -> dict[str, Any]:
     import netcache.dask
 
     monitor = netcache.default_monitor()
-    with netcache.context.registry.lock:
-        contexts = list(netcache.context.registry.contexts.values())
+    with netcache.process.registry.lock:
+        contexts = list(netcache.process.registry.contexts.values())
     return {
         "caches": len(contexts),
         "own_monitor": all(c.config.memory_monitor is monitor for c in contexts),

@@ -21,9 +21,10 @@ import zict
 from conftest import BS, GatedBackend, MiB, http_fs, payload
 
 import netcache
-from netcache.backends import MappingBackend, directory
+from netcache.backends import MappingBackend, segmentio
 from netcache.backends.base import HEADER_SIZE as HEADER
-from netcache.backends.directory import LAYOUT, parse_segment_name, stored_slots, table_size
+from netcache.backends.segmentio import stored_slots
+from netcache.backends.segments import LAYOUT, parse_segment_name, table_size
 from netcache.firstlook import FIRST_LOOK_BYTES
 from netcache.httpserver import RangeServer
 
@@ -405,7 +406,7 @@ def test_a_page_read_from_disk_never_changes_under_its_holder(
     fs = _reopen(cache_dir)
     assert fs.cat_file(url, 0, 3 * BS) == data[: 3 * BS]
     assert fs.stats().retrievals.disk == 3
-    cookie = fs._cookie(url)
+    cookie = fs.reader.pin_version(url)
     # another process damages the bytes, zeroes them or truncates the segment (which
     # killed a reader holding a mapping of it with SIGBUS)
     path, _, at = stored_pages(cache_dir)[1]
@@ -499,7 +500,7 @@ def test_queued_stores_of_an_invalidated_file_are_dropped_and_counted() -> None:
     fs, backend, blob = _gated()
     assert fs.cat_file("/deferred/f") == blob
     assert backend.storing.wait(10)
-    cookie = fs._cookie("/deferred/f")
+    cookie = fs.reader.pin_version("/deferred/f")
     # a reader still holds the pages
     held = fs.context.page_cache.lookup_resident(cookie.file_id, cookie.version, 0, 39)
     assert held is not None
@@ -517,7 +518,7 @@ def test_readahead_tells_the_disk_which_pages_come_next(
 ) -> None:
     fs, url, data, half = _first_half_on_disk(server, cache_dir)
     advised: list[tuple[str, int, int]] = []
-    read_through = directory._read_through
+    read_through = segmentio.read_through
     hinters: set[str] = set()
 
     def recording(fd: int, offset: int, length: int) -> None:
@@ -525,7 +526,7 @@ def test_readahead_tells_the_disk_which_pages_come_next(
         hinters.add(threading.current_thread().name)
         read_through(fd, offset, length)
 
-    monkeypatch.setattr(directory, "_read_through", recording)
+    monkeypatch.setattr(segmentio, "read_through", recording)
     with fs.open(url) as f:
         got = b"".join(iter(lambda: f.read(100_000), b""))
     assert got == data
@@ -716,7 +717,7 @@ def test_short_writes_are_completed(cache_dir: str, monkeypatch: pytest.MonkeyPa
 
 
 def test_spans_end_after_a_short_page() -> None:
-    from netcache.backends.directory import _spans
+    from netcache.backends.segments import spans as _spans
 
     whole = [True, False, True, True, True, True]
     assert list(_spans([0, 1, 2, 4, 5], whole)) == [(0, 2), (2, 3), (4, 6)]
@@ -735,7 +736,7 @@ def test_a_hint_from_a_segment_s_first_page_covers_its_header_table(
         backend.store_page(key, payload(BS, key.index))
     advised: list[tuple[str, int, int]] = []
     monkeypatch.setattr(
-        directory, "_read_through", lambda fd, offset, length: advised.append(
+        segmentio, "read_through", lambda fd, offset, length: advised.append(
             (os.path.basename(os.readlink(f"/proc/self/fd/{fd}")), offset, length))
     )  # fmt: skip
     backend.will_need(keys[2 : per + 2])  # the end of one segment, the start of the next
@@ -778,11 +779,11 @@ def test_a_hint_reads_its_span_into_the_page_cache_with_sendfile(
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         if _cached(fd, 3 * MiB) == 3 * MiB:
             pytest.skip("this filesystem keeps files in memory (tmpfs?)")
-        directory._read_through(fd, 0, 3 * MiB)
+        segmentio.read_through(fd, 0, 3 * MiB)
         assert sent and sent[0][:2] == (0, 3 * MiB)
         assert _cached(fd, 3 * MiB) == 3 * MiB
         sent.clear()
-        directory._read_through(fd, 3 * MiB, 4 * MiB)  # past the end: stops there
+        segmentio.read_through(fd, 3 * MiB, 4 * MiB)  # past the end: stops there
         assert [(offset, got) for offset, _, got in sent] == [(3 * MiB, 5), (3 * MiB + 5, 0)]
     finally:
         os.close(fd)
@@ -801,12 +802,12 @@ def test_a_hint_copies_where_sendfile_is_refused_and_stops_asking(
 
     copied: list[tuple[int, int]] = []
     monkeypatch.setattr(os, "sendfile", no_sendfile)
-    monkeypatch.setattr(directory, "_copy_through", lambda fd, start, n: copied.append((start, n)))
-    monkeypatch.setattr(directory, "_sendfile_hints", True)
+    monkeypatch.setattr(segmentio, "copy_through", lambda fd, start, n: copied.append((start, n)))
+    monkeypatch.setattr(segmentio, "_sendfile_hints", True)
     fd = os.open(path, os.O_RDONLY)
     try:
-        directory._read_through(fd, 4096, MiB)
-        directory._read_through(fd, 2 * MiB, MiB)
+        segmentio.read_through(fd, 4096, MiB)
+        segmentio.read_through(fd, 2 * MiB, MiB)
     finally:
         os.close(fd)
     assert refused == [4096]  # asked once, then never again
@@ -831,12 +832,12 @@ def test_a_copying_hint_reads_its_span_through_the_page_cache_and_stops_at_the_e
     monkeypatch.setattr(os, "preadv", recording)
     fd = os.open(path, os.O_RDONLY)
     try:
-        directory._copy_through(fd, 4096, 2 * MiB + 100)
+        segmentio.copy_through(fd, 4096, 2 * MiB + 100)
         spans = [(offset, asked) for offset, asked, _ in reads]
         # the whole span, in order, a buffer at a time (never more than asked for)
         assert spans == [(4096, MiB), (4096 + MiB, MiB), (4096 + 2 * MiB, 100)]
         reads.clear()
-        directory._copy_through(fd, 3 * MiB, 4 * MiB)  # past the end: stops there
+        segmentio.copy_through(fd, 3 * MiB, 4 * MiB)  # past the end: stops there
         assert [(offset, got) for offset, _, got in reads] == [(3 * MiB, 5), (3 * MiB + 5, 0)]
         # into page-aligned memory: the kernel copies into a bytearray's (16 bytes into a
         # page) several times slower
@@ -858,7 +859,7 @@ def test_will_need_of_absent_pages_is_harmless(cache_dir: str) -> None:
 
 def test_disk_hits_share_recency_through_mtimes_at_a_grain(cache_dir: str) -> None:
     from netcache.backends import DirectoryBackend
-    from netcache.backends.directory import _RECENCY_GRAIN
+    from netcache.backends.directory import RECENCY_GRAIN as _RECENCY_GRAIN
 
     backend = DirectoryBackend(cache_dir, BS, 64 * MiB)
     # pages in two segments
@@ -891,15 +892,14 @@ def test_a_page_folder_removed_under_a_writer_is_made_again(cache_dir: str) -> N
 
 
 def test_temporaries_of_a_forked_child_carry_its_pid(cache_dir: str) -> None:
-    from netcache.backends import DirectoryBackend
 
-    backend = DirectoryBackend(cache_dir, BS, 64 * MiB)
-    mine = backend._tmp_name()
+    names = segmentio.TempNames()  # as a backend's folders hold them
+    mine = names.next()
     read_end, write_end = os.pipe()
     pid = os.fork()
-    if pid == 0:  # the child inherits the backend as it is, as a forked worker would
+    if pid == 0:  # the child inherits the names as they are, as a forked worker would
         try:
-            os.write(write_end, backend._tmp_name().encode())
+            os.write(write_end, names.next().encode())
         finally:
             os._exit(0)
     os.close(write_end)

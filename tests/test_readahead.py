@@ -192,7 +192,7 @@ def test_a_reader_can_take_over_pages_another_claim_holds() -> None:
     pages it would wait for itself, without admitting them over the other claim."""
     fs, _, data = make(4)
     fetcher = fs.context.fetcher
-    cookie = fs._cookie("/ra/f")
+    cookie = fs.reader.pin_version("/ra/f")
     keys = [netcache.page.PageKey(cookie.file_id, cookie.version, i) for i in range(2)]
     held = fs.context.page_cache.claim_missing(keys)  # a fetch that never finishes
     assert set(held) == set(keys)

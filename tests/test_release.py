@@ -106,7 +106,7 @@ def test_a_store_call_failing_part_way_is_undone_for_an_invalidated_file() -> No
     backend = FailsPartWay()
     fs = make_fs(backend)  # type: ignore[arg-type]
     fs.cat_file("/rel/p.bin")
-    cookie = fs._cookie("/rel/p.bin")
+    cookie = fs.reader.pin_version("/rel/p.bin")
     assert backend.entered.wait(10)  # a store call is running
     fs.invalidate("/rel/p.bin")
     backend.go.set()

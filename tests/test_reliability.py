@@ -22,7 +22,8 @@ from conftest import BS, payload
 import netcache
 from netcache.backends import DirectoryBackend
 from netcache.backends.base import HEADER_SIZE
-from netcache.backends.directory import LAYOUT, parse_segment_name, stored_slots, table_size
+from netcache.backends.segmentio import stored_slots
+from netcache.backends.segments import LAYOUT, parse_segment_name, table_size
 
 CRASH_CYCLES = int(os.environ.get("NETCACHE_CRASH_CYCLES", "30"))
 PAGE_FILE = HEADER_SIZE + BS

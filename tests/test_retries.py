@@ -45,7 +45,8 @@ def test_a_transient_error_is_retried_on_every_path(
         assert fs.cat_file(url, 2 * MiB, 3 * MiB) == DATA[2 * MiB : 3 * MiB]
     else:
         assert fs.cat_ranges([url, other], [0, BS], [BS, 3 * BS]) == [
-            DATA[:BS], DATA[::-1][BS : 3 * BS]
+            DATA[:BS],
+            DATA[::-1][BS : 3 * BS],
         ]
     st = fs.stats()
     assert st.retrievals.retry == 1 and st.retrievals.err == 0
@@ -65,7 +66,8 @@ def test_resets_are_retried(remote: RangeServer, cache_dir: str, path: str) -> N
         assert fs.cat_file(url, 2 * MiB, 3 * MiB) == DATA[2 * MiB : 3 * MiB]
     else:
         assert fs.cat_ranges([url, other], [2 * MiB, 2 * MiB], [3 * MiB, 3 * MiB]) == [
-            DATA[2 * MiB : 3 * MiB], DATA[::-1][2 * MiB : 3 * MiB]
+            DATA[2 * MiB : 3 * MiB],
+            DATA[::-1][2 * MiB : 3 * MiB],
         ]
     st = fs.stats()
     assert st.retrievals.retry >= 1 and st.retrievals.err == 0

@@ -20,7 +20,7 @@ from conftest import BS, MiB, http_fs
 
 import netcache
 from netcache.backends.base import encode_meta
-from netcache.backends.directory import LAYOUT
+from netcache.backends.segments import LAYOUT
 from netcache.cli import clear as cli_clear
 from netcache.cli import stats as cli_stats
 from netcache.errors import UntrustedFolderError
@@ -217,7 +217,7 @@ def _stage_planted_cache(server: RangeServer, staging: str) -> str:
     url = f"{server.url}/big.bin"
     fs = http_fs(staging, check_interval=None)
     assert fs.cat_file(url, 0, BS) and fs.flush(30)
-    cookie = fs._cookie(url)
+    cookie = fs.reader.pin_version(url)
     key = netcache.page.PageKey(cookie.file_id, cookie.version, 0)
     fs.context.backend.discard_page(key)
     fs.context.backend.store_page(key, b"planted!" * (BS // 8))

@@ -26,6 +26,8 @@ class DiskUsage:
     pages: int
     culls: int
     cbytes: int
+    #: culled pages or segments that could not be removed (found and culled again later)
+    cerr: int = 0
 
 
 class PageIndex(cachetools.LRUCache):
