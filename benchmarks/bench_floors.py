@@ -62,7 +62,7 @@ def warm_reads(url: str, size: int, repeat: int, folder: str) -> list[tuple[str,
     import fsspec
 
     import netcache
-    from netcache.fetch import _join
+    from netcache.page import join_pages as _join
 
     big = f"{url}/big.bin"
     nc = netcache.NetCacheFileSystem(target_protocol="http", check_interval=None,

@@ -20,6 +20,7 @@ from netcache.identity import describe_error, redact_url
 from netcache.pagecache import PageCache
 from netcache.policies.eviction import make_eviction_policy
 from netcache.policies.release import make_release_policy
+from netcache.readahead import ReadaheadScheduler
 from netcache.retry import Retries
 from netcache.stats import Counters, StatsSnapshot
 from netcache.warnonce import WarnOnce
@@ -75,6 +76,8 @@ class CacheContext:
             self.backend,
             self.writeback,
         )
+        self.readahead = ReadaheadScheduler(self.page_cache, config.block_size, self.backend,
+                                            self.fetcher.fetch_claimed, self.warn)  # fmt: skip
         self.cookies = CookieJar(
             target_id,
             self.backend,

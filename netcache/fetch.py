@@ -3,48 +3,32 @@ missing from the disk tier or the remote."""
 
 from __future__ import annotations
 
-import contextlib
 import mmap
-import threading
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from concurrent.futures import Future
 
 from fsspec import AbstractFileSystem
 
-from netcache.answers import Pin
 from netcache.backends.base import Backend
 from netcache.buffers import PageFiller, page_buffer
-from netcache.cookie import FileCookie, strong_etag, version_token
-from netcache.errors import CorruptPageError, FileChangedError, ReadaheadFailed, ShortReadError
+from netcache.cookie import FileCookie
+from netcache.errors import CorruptPageError, ReadaheadFailed, ShortReadError
 from netcache.firstlook import FIRST_LOOK_BYTES
-from netcache.http import get_ranges as get_http_ranges
-from netcache.http import if_match_headers, is_http, streams_pages
 from netcache.identity import describe_error, redact_url
-from netcache.page import Page, PageKey, StoreState, page_keys
+from netcache.page import Page, PageKey, StoreState, join_pages
 from netcache.pagecache import PageCache
+from netcache.readahead import in_flight_limit
 from netcache.retry import Retries
-from netcache.s3 import get_ranges as get_s3_ranges
-from netcache.s3 import is_s3
 from netcache.stats import Counters
+from netcache.transport import RemoteRanges
 from netcache.warnonce import WarnOnce
 from netcache.writeback import WritebackQueue
 
 Range = tuple[FileCookie, int, int]
 
-#: Threads that fetch ahead of sequential readers, and the bytes each request carries.
-#: Larger requests go faster (over HTTP on loopback, 4 MiB requests reach about twice
-#: the rate of 1 MiB ones at 20 ms latency), and fewer threads contend less for 2 cores:
-#: 4 threads of 8 MiB streamed a cold file at 0 ms 20% faster than 8 of 4 MiB, and as
-#: fast at 20 ms (the 32 MiB default window is in flight either way).
-READAHEAD_WORKERS = 4
-READAHEAD_CHUNK_BYTES = 8 << 20
 #: Pages one read gathers at once at most (512 MiB of 128 KiB pages); a larger read is
 #: gathered and assembled in parts.
 GATHER_PAGES = 4096
-#: Read-ahead bytes in flight at once, per cache, at most (and an eighth of its memory
-#: budget at most).
-READAHEAD_MAX_INFLIGHT = 64 << 20
 
 
 class PageFetcher:
@@ -56,12 +40,8 @@ class PageFetcher:
     from disk are admitted only. A remote error reaches the caller unchanged and caches
     nothing; a disk error is a miss, counted and logged once.
 
-    The remote read is pinned to the cookie's version: fsspec's HTTP filesystem sends
-    ``If-Match`` with the ETag, s3fs ``IfMatch`` (a changed file answers 412, raised as
-    :class:`FileChangedError`); others have their version checked again after the
-    fetch, unless the caller says files never change (``verify=False``). HTTP and S3
-    answers are copied into pages as they arrive (:mod:`netcache.http`,
-    :mod:`netcache.s3`); other targets' answers come whole, and are then cut into pages.
+    The remote read is pinned to the cookie's version (:class:`RemoteRanges`): a
+    changed file raises :class:`FileChangedError`.
 
     Thread-safe with no lock of its own: the page cache's claims make each page's fetch
     single-flight, and a caller first does its own fetches, then waits for others', so no
@@ -85,9 +65,7 @@ class PageFetcher:
         self.writeback = writeback
         self._counters = counters
         self._warn = warn
-        self._pool: ThreadPoolExecutor | None = None
-        self._ra_lock = threading.Lock()  # guards the pool's creation and the byte count
-        self._ra_bytes = 0
+        self.remote = RemoteRanges(block_size, retries)
 
     # -- public ----------------------------------------------------------------------------
 
@@ -104,7 +82,7 @@ class PageFetcher:
                                                 (end - 1) // bs)  # fmt: skip
         if pages is None:
             return None
-        return _join(pages, start - first * bs, end - first * bs)
+        return join_pages(pages, start - first * bs, end - first * bs)
 
     def read_ranges(
         self, target: AbstractFileSystem, ranges: Sequence[Range], verify: bool
@@ -158,10 +136,10 @@ class PageFetcher:
         pages = claim.hits
         if not wait and claim.waits:  # take over: fetch those pages ourselves too
             own = {key: Future[Page]() for key in claim.waits}
-            pages.update(self._fetch_claimed(target, own, wanted, verify))  # not admitted
+            pages.update(self.fetch_claimed(target, own, wanted, verify))  # not admitted
             claim.waits = {}
         if claim.claimed:
-            pages.update(self._fetch_claimed(target, claim.claimed, wanted, verify))
+            pages.update(self.fetch_claimed(target, claim.claimed, wanted, verify))
         retry = False
         for key, future in claim.waits.items():
             try:
@@ -170,104 +148,16 @@ class PageFetcher:
                 retry = True
         return None if retry else pages
 
-    def readahead(self, target: AbstractFileSystem, cookie: FileCookie, pages: range,
-                  verify: bool, request_bytes: int | None = None) -> int:  # fmt: skip
-        """Start fetching ``pages`` of ``cookie`` in the background, in chunks of at most
-        ``request_bytes`` (and ``READAHEAD_CHUNK_BYTES``) fetched concurrently; returns
-        at once how many of ``pages``, from the first, are resident, on disk or on their
-        way. The rest are not started: under critical memory pressure none is, and no
-        more than the in-flight bound allows (the caller asks for them again later)."""
-        if not self.page_cache.admitting:
-            return 0
-        # Resident pages are left out first: a warm reader must not ask the disk tier
-        # about them (that was half the time of a warm sequential read).
-        keys = self.page_cache.absent(page_keys(cookie.file_id, cookie.version, pages))
-        if not keys:
-            return len(pages)
-        if self.backend is not None:
-            # Pages on disk are loaded when needed, on the reader's thread (loading them
-            # on read-ahead threads halved a new process's sequential rate); the disk is
-            # only told to start reading them. The hint waits about 1 ms per segment
-            # while the kernel queues its reads, so a read-ahead thread gives it.
-            on_disk = [key for key in keys if self.backend.holds(key)]
-            if on_disk:
-                with contextlib.suppress(RuntimeError):  # shut down: no hint is needed
-                    self._readahead_pool().submit(self.backend.will_need, on_disk)
-                held = set(on_disk)
-                keys = [key for key in keys if key not in held]
-        # Each request's answer sits in memory outside the budget, up to three times (the
-        # client's chunks, their join, the page copies; HTTP and S3: chunks and pages), so
-        # small budgets get smaller requests.
-        request = min(request_bytes or READAHEAD_CHUNK_BYTES, READAHEAD_CHUNK_BYTES,
-                      self.page_cache.limit // 32)  # fmt: skip
-        step = max(1, request // self.block_size)
-        handled = len(pages)
-        with self._ra_lock:
-            # In flight: network buffers and their page copies, outside the memory budget.
-            # The nearest whole requests that fit go out (dropping all of them left a
-            # reader whose window is larger than the bound fetching its pages itself,
-            # a round trip a read: 5x slower at 20 ms with a 128 MiB window).
-            room = (self.in_flight_limit - self._ra_bytes) // self.block_size
-            if room < len(keys):
-                room = max(0, room) // step * step
-                handled = keys[room].index - pages.start
-                keys = keys[:room]
-            self._ra_bytes += len(keys) * self.block_size
-        if not keys:
-            return handled
-        nbytes = len(keys) * self.block_size
-        pool = self._readahead_pool()
-        claimed = self.page_cache.claim_missing(keys)
-        items = list(claimed.items())
-        for i in range(0, len(items), step):
-            chunk = dict(items[i : i + step])
-            try:
-                pool.submit(self._readahead_chunk, target, cookie, chunk, verify)
-            except RuntimeError as exc:  # the pool is shut down (interpreter exit)
-                self.page_cache.fail(chunk, ReadaheadFailed(f"read-ahead not started: {exc}"))
-                self._release_ra(len(chunk) * self.block_size)
-        self._release_ra(nbytes - len(items) * self.block_size)
-        return handled
-
-    def _readahead_pool(self) -> ThreadPoolExecutor:
-        with self._ra_lock:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(READAHEAD_WORKERS, "netcache-readahead")
-            return self._pool
-
-    def _readahead_chunk(self, target: AbstractFileSystem, cookie: FileCookie,
-                         claimed: dict[PageKey, Future[Page]], verify: bool) -> None:  # fmt: skip
-        try:
-            self._fetch_claimed(target, claimed, dict.fromkeys(claimed, cookie), verify,
-                                failure=ReadaheadFailed)  # fmt: skip
-        except Exception as exc:  # counted where it failed (Retrvls: err); said once here
-            self._warn(
-                "readahead",
-                "netcache: a read-ahead fetch failed (%s); its readers fetch the pages",
-                describe_error(exc),
-            )
-        finally:
-            self._release_ra(len(claimed) * self.block_size)
-
-    def _release_ra(self, nbytes: int) -> None:
-        with self._ra_lock:
-            self._ra_bytes -= nbytes
-
-    @property
-    def in_flight_limit(self) -> int:
-        """Bytes of read-ahead in flight at once, at most."""
-        return min(READAHEAD_MAX_INFLIGHT, self.page_cache.limit // 8)
-
     @property
     def look_limit(self) -> int:
         """Bytes a first look may fetch: its pages are offered, not claimed, so they may be
         evicted before they are read; as much as read-ahead keeps in flight at most, but
         always a file's first bytes."""
-        return max(FIRST_LOOK_BYTES, self.in_flight_limit)
+        return max(FIRST_LOOK_BYTES, in_flight_limit(self.page_cache.limit))
 
     def load_whole(self, target: AbstractFileSystem, cookie: FileCookie) -> FileCookie:
         """Read a file whose size the remote does not report, once, into pages."""
-        data = self.retries.for_target(target).call(lambda: target.cat_file(cookie.path))
+        data = self.remote.get_whole(target, cookie.path)
         cookie = cookie.with_size(len(data))
         self.offer_pages(cookie, 0, PageFiller.whole(self.block_size, data))
         return cookie
@@ -299,9 +189,9 @@ class PageFetcher:
         first = start // bs
         ordered = [pages[PageKey(cookie.file_id, cookie.version, i)]
                    for i in range(first, (end - 1) // bs + 1)]  # fmt: skip
-        return _join(ordered, start - first * bs, end - first * bs)
+        return join_pages(ordered, start - first * bs, end - first * bs)
 
-    def _fetch_claimed(
+    def fetch_claimed(
         self,
         target: AbstractFileSystem,
         claimed: dict[PageKey, Future[Page]],
@@ -420,53 +310,18 @@ class PageFetcher:
                     self._counters.add("unstored.pressure")  # to its readers, not kept
                 got[page.key] = page
 
-    def _remote_ranges(
-        self,
-        target: AbstractFileSystem,
-        cookie: FileCookie,
-        starts: list[int],
-        ends: list[int],
-        verify: bool,
-    ) -> list[PageFiller]:
-        ranges = list(zip(starts, ends, strict=True))
-        etag = strong_etag(cookie.info)
-        pin = Pin.of_info(cookie.info, cookie.size)
-        bs = self.block_size
-        s3 = is_s3(target)
-        pinned = etag is not None and (s3 or is_http(target))
-
-        def request() -> list[PageFiller]:
-            if pinned and s3:
-                return [a for _, a in get_s3_ranges(target, cookie.path, ranges, bs, pin, etag)]
-            # HTTP is pinned by a header whoever makes the request: fsspec's own
-            # HTTPFileSystem (streamed here), or a subclass with its own requests
-            options = {"headers": if_match_headers(target, etag)} if pinned else {}
-            if streams_pages(target):
-                return get_http_ranges(target, cookie.path, ranges, bs, pin, **options)
-            blobs = _cat_ranges(target, cookie.path, starts, ends, **options)
-            return [PageFiller.whole(bs, blob) for blob in blobs]
-
-        try:  # a retry makes the same request: pinned to the same version
-            answers = self.retries.for_target(target).call(request)
-        except Exception as exc:
+    def _remote_ranges(self, target: AbstractFileSystem, cookie: FileCookie, starts: list[int],
+                       ends: list[int], verify: bool) -> list[PageFiller]:  # fmt: skip
+        """The remote's answers for ``[starts[i], ends[i])`` of ``cookie``'s version,
+        counted (requests, bytes, errors)."""
+        try:
+            answers = self.remote.get_ranges(target, cookie, starts, ends, verify)
+        except Exception:
             self._counters.add_many({"retrievals.req": len(starts), "retrievals.err": 1})
-            if getattr(exc, "status", None) == 412:
-                # from None: the client's error holds the URL whole, secrets and all
-                raise FileChangedError(
-                    f"{redact_url(cookie.path)} changed while open (412 to If-Match)"
-                ) from None
             raise
         nbytes = sum(answer.received for answer in answers)
         self._counters.add_many({"retrievals.req": len(starts), "retrievals.rbytes": nbytes})
-        if not pinned and verify:
-            self._check_version(target, cookie)
         return answers
-
-    def _check_version(self, target: AbstractFileSystem, cookie: FileCookie) -> None:
-        info = self.retries.for_target(target).call(lambda: target.info(cookie.path))
-        if version_token(info) != cookie.token:
-            self._counters.add("retrievals.err")
-            raise FileChangedError(f"{redact_url(cookie.path)} changed while open")
 
     def _whole_file_answer(
         self, cookie: FileCookie, start: int, end: int, answer: PageFiller
@@ -501,36 +356,3 @@ class PageFetcher:
         """After a fetch's stores: slowed to the disk's pace if it falls behind."""
         if self.writeback is not None:
             self.writeback.throttle()
-
-
-def _cat_ranges(
-    target: AbstractFileSystem, path: str, starts: list[int], ends: list[int], **kwargs: Any
-) -> list[bytes]:
-    """Ranges of ``path`` through fsspec (several at once where the target can); the
-    first failure is raised."""
-    if len(starts) == 1:
-        return [target.cat_file(path, start=starts[0], end=ends[0], **kwargs)]
-    blobs = target.cat_ranges([path] * len(starts), starts, ends, on_error="return", **kwargs)
-    for blob in blobs:
-        if isinstance(blob, BaseException):
-            raise blob
-    return blobs  # type: ignore[no-any-return]
-
-
-def _join(pages: list[Page], lo: int, hi: int) -> bytes:
-    """Bytes ``[lo, hi)`` of the concatenation of ``pages`` (full pages but the last),
-    with one copy."""
-    first = pages[0].data
-    if len(pages) == 1:
-        # an mmap's (or bytes') slice is a bytes copy already: no view to make first
-        if type(first) is mmap.mmap or type(first) is bytes:
-            return first[lo:hi]
-        return bytes(memoryview(first)[lo:hi])
-    # whole pages go to join as they are: a view of each costs a fifth of the copy
-    parts = [page.data for page in pages]
-    if lo:
-        parts[0] = memoryview(first)[lo:]
-    tail = hi - len(first) * (len(pages) - 1)
-    if tail != len(parts[-1]):
-        parts[-1] = memoryview(parts[-1])[:tail]
-    return b"".join(parts)

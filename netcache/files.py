@@ -10,9 +10,8 @@ from typing import Any
 from fsspec.spec import AbstractBufferedFile
 
 from netcache.cookie import FileCookie
-from netcache.fetch import READAHEAD_CHUNK_BYTES
 from netcache.identity import redact_url
-from netcache.readahead import Readahead
+from netcache.readahead import READAHEAD_CHUNK_BYTES, Readahead
 from netcache.reader import Reader
 
 

@@ -5,6 +5,24 @@ fourfold while small, then twofold."""
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from netcache.cookie import FileCookie
+from netcache.errors import ReadaheadFailed
+from netcache.identity import describe_error
+from netcache.page import Page, PageKey, page_keys
+from netcache.warnonce import WarnOnce
+
+if TYPE_CHECKING:
+    from fsspec import AbstractFileSystem
+
+    from netcache.backends.base import Backend
+    from netcache.pagecache import PageCache
+
 #: The first window, in pages, at least (it is four times the first read).
 INITIAL_PAGES = 4
 #: Bytes a read-ahead request holds at least, however small the window (as the first
@@ -76,3 +94,135 @@ class Readahead:
         next then come in a request of their own instead of at the end of one as large
         as the steady state's."""
         return max(self.min_request_pages, self._window // 4)
+
+
+#: Threads that fetch ahead of sequential readers, and the bytes each request carries
+#: at most: larger requests go faster, and fewer threads contend less for few cores
+#: (benchmarks/results/).
+READAHEAD_WORKERS = 4
+READAHEAD_CHUNK_BYTES = 8 << 20
+#: Read-ahead bytes in flight at once, per cache, at most (and an eighth of its memory
+#: budget at most).
+READAHEAD_MAX_INFLIGHT = 64 << 20
+
+#: What fetches claimed pages for the scheduler: ``(target, claims, cookies, verify,
+#: failure)``; meets every claim or fails those not met (with ``failure``) and raises.
+FetchClaimed = Callable[..., Any]
+
+
+def in_flight_limit(memory_limit: int) -> int:
+    """Bytes of read-ahead in flight at once, at most, for a cache of ``memory_limit``."""
+    return min(READAHEAD_MAX_INFLIGHT, memory_limit // 8)
+
+
+class ReadaheadScheduler:
+    """Fetches pages ahead of sequential readers, on a pool of threads, within a bound
+    of bytes in flight; tells the disk tier which of its pages come next.
+
+    Locking: one lock guards the pool's creation and the byte count, held for integer
+    operations only; the pool's threads start outside it (``submit`` starts them, and
+    runs after the lock is let go). Fetches go through the page cache's claims, so a
+    page is fetched once whoever asks; readers waiting for a page this scheduler
+    failed to fetch get :class:`ReadaheadFailed` and fetch it themselves.
+    """
+
+    def __init__(self, page_cache: PageCache, block_size: int, backend: Backend | None,
+                 fetch_claimed: FetchClaimed, warn: WarnOnce) -> None:  # fmt: skip
+        self.page_cache = page_cache
+        self.block_size = block_size
+        self.backend = backend
+        self._fetch_claimed = fetch_claimed
+        self._warn = warn
+        self._pool: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+        self._bytes = 0
+
+    def start(self, target: AbstractFileSystem, cookie: FileCookie, pages: range,
+              verify: bool, request_bytes: int | None = None) -> int:  # fmt: skip
+        """Start fetching ``pages`` of ``cookie`` in the background, in chunks of at most
+        ``request_bytes`` (and ``READAHEAD_CHUNK_BYTES``) fetched concurrently; returns
+        at once how many of ``pages``, from the first, are resident, on disk or on their
+        way. The rest are not started: under critical memory pressure none is, and no
+        more than the in-flight bound allows (the caller asks for them again later)."""
+        if not self.page_cache.admitting:
+            return 0
+        # Resident pages are left out first: a warm reader must not ask the disk tier
+        # about them (a large share of a warm sequential read's time).
+        keys = self.page_cache.absent(page_keys(cookie.file_id, cookie.version, pages))
+        if not keys:
+            return len(pages)
+        if self.backend is not None:
+            # Pages on disk are loaded when needed, on the reader's thread (loading them
+            # on read-ahead threads slowed a new process's sequential reads); the disk is
+            # only told to start reading them. The hint waits while the kernel queues
+            # its reads, so a read-ahead thread gives it.
+            on_disk = [key for key in keys if self.backend.holds(key)]
+            if on_disk:
+                with contextlib.suppress(RuntimeError):  # shut down: no hint is needed
+                    self._pool_now().submit(self.backend.will_need, on_disk)
+                held = set(on_disk)
+                keys = [key for key in keys if key not in held]
+        # Each request's answer sits in memory outside the budget, up to three times (the
+        # client's chunks, their join, the page copies; HTTP and S3: chunks and pages), so
+        # small budgets get smaller requests.
+        request = min(request_bytes or READAHEAD_CHUNK_BYTES, READAHEAD_CHUNK_BYTES,
+                      self.page_cache.limit // 32)  # fmt: skip
+        step = max(1, request // self.block_size)
+        handled = len(pages)
+        with self._lock:
+            # In flight: network buffers and their page copies, outside the memory budget.
+            # The nearest whole requests that fit go out (dropping all of them left a
+            # reader whose window is larger than the bound fetching its pages itself,
+            # a round trip a read).
+            room = (in_flight_limit(self.page_cache.limit) - self._bytes) // self.block_size
+            if room < len(keys):
+                room = max(0, room) // step * step
+                handled = keys[room].index - pages.start
+                keys = keys[:room]
+            self._bytes += len(keys) * self.block_size
+        if not keys:
+            return handled
+        nbytes = len(keys) * self.block_size
+        pool = self._pool_now()
+        claimed = self.page_cache.claim_missing(keys)
+        items = list(claimed.items())
+        for i in range(0, len(items), step):
+            chunk = dict(items[i : i + step])
+            try:
+                pool.submit(self._fetch_chunk, target, cookie, chunk, verify)
+            except RuntimeError as exc:  # the pool is shut down (interpreter exit)
+                self.page_cache.fail(chunk, ReadaheadFailed(f"read-ahead not started: {exc}"))
+                self._release(len(chunk) * self.block_size)
+        self._release(nbytes - len(items) * self.block_size)
+        return handled
+
+    def _pool_now(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(READAHEAD_WORKERS, "netcache-readahead")
+            return self._pool
+
+    def _fetch_chunk(self, target: AbstractFileSystem, cookie: FileCookie,
+                     claimed: dict[PageKey, Future[Page]], verify: bool) -> None:  # fmt: skip
+        try:
+            self._fetch_claimed(target, claimed, dict.fromkeys(claimed, cookie), verify,
+                                failure=ReadaheadFailed)  # fmt: skip
+        except Exception as exc:  # counted where it failed (Retrvls: err); said once here
+            self._warn(
+                "readahead",
+                "netcache: a read-ahead fetch failed (%s); its readers fetch the pages",
+                describe_error(exc),
+            )
+        finally:
+            self._release(len(claimed) * self.block_size)
+
+    def _release(self, nbytes: int) -> None:
+        with self._lock:
+            self._bytes -= nbytes
+
+    def shutdown(self) -> None:
+        """Wait for every fetch and hint under way; the next ``start`` makes new threads."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)

@@ -18,8 +18,8 @@ from netcache.buffers import PageFiller
 from netcache.context import CacheContext
 from netcache.cookie import FileCookie
 from netcache.errors import FileChangedError
-from netcache.fetch import READAHEAD_CHUNK_BYTES
 from netcache.firstlook import Looked, Span, first_look, first_looks, look_spans
+from netcache.readahead import READAHEAD_CHUNK_BYTES
 
 #: A range about to be read: ``(start, end)``, None for the start or the end of the file.
 Reading = tuple[int | None, int | None]
@@ -119,8 +119,8 @@ class Reader:
         Returns how many of ``pages``, from the first, are resident or on their way; the
         others were not started (too much read-ahead in flight, or memory pressure)."""
         request_bytes = None if request_pages is None else request_pages * self.block_size
-        return self.context.fetcher.readahead(self.target, cookie, pages, self._verify,
-                                              request_bytes)  # fmt: skip
+        return self.context.readahead.start(self.target, cookie, pages, self._verify,
+                                            request_bytes)  # fmt: skip
 
     def read_pages(self, cookie: FileCookie, start: int, end: int) -> bytes:
         """Bytes ``[start, end)`` of one pinned version of a file."""

@@ -530,10 +530,7 @@ def test_readahead_tells_the_disk_which_pages_come_next(
     with fs.open(url) as f:
         got = b"".join(iter(lambda: f.read(100_000), b""))
     assert got == data
-    fetcher = fs.context.fetcher
-    assert fetcher._pool is not None
-    fetcher._pool.shutdown(wait=True)  # the last hints may still be on their way
-    fetcher._pool = None  # made anew if this cache reads ahead again
+    fs.context.readahead.shutdown()  # the last hints may still be on their way
     # hints are given on read-ahead threads: the reader does not wait for their reads
     assert hinters and all(name.startswith("netcache-readahead") for name in hinters)
     where = {(path, offset): index for index, (path, _, offset) in stored_pages(cache_dir).items()}

@@ -38,8 +38,8 @@ def test_random_reads_every_byte(server: RangeServer, cache_dir: str) -> None:
 @pytest.mark.parametrize("kind", ["mapping", "view", "bytes"])
 def test_page_joins_at_every_edge(kind: str) -> None:
     from netcache.buffers import page_buffer
-    from netcache.fetch import _join
     from netcache.page import Page, PageKey
+    from netcache.page import join_pages as _join
 
     data = payload(3 * BS + 1000, 3)
 
