@@ -396,7 +396,8 @@ def main() -> None:
         sys.exit("bench_floors.py reads per-thread CPU from /proc: Linux only")
     size = 256 * MiB
     server = subprocess.Popen(
-        [sys.executable, "-m", "netcache.httpserver", "--size-mib", "256", "--small-files", "201"],
+        [sys.executable, "-m", "netcache.testing.httpserver", "--size-mib", "256",
+         "--small-files", "201"],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     folder = tempfile.mkdtemp(prefix="bench-floors-")

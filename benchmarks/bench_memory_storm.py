@@ -159,7 +159,7 @@ def main() -> None:
     opts = parser.parse_args()
     if opts.child:
         return child(opts)
-    server = subprocess.Popen([sys.executable, "-m", "netcache.httpserver", "--size-mib",
+    server = subprocess.Popen([sys.executable, "-m", "netcache.testing.httpserver", "--size-mib",
                                str(opts.size_mib)], stdout=subprocess.PIPE, text=True)  # fmt: skip
     try:
         assert server.stdout is not None

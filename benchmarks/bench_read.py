@@ -1,6 +1,6 @@
 """netcache against fsspec's caches on the same workloads, in the same run.
 
-A local HTTP server runs in another process (``python -m netcache.httpserver``) with a
+A local HTTP server runs in another process (``python -m netcache.testing.httpserver``) with a
 256 MiB file and 200 files of 1 MiB, adding latency to every request (0 and 20 ms). Each
 (cache, workload, latency) runs in a fresh process that reads cold, then warm; the cache
 folder's files are then pushed out of the OS page cache (``fsync`` and
@@ -331,7 +331,7 @@ def main() -> None:
     if opts.quick:
         opts.size_mib, opts.repeat, opts.small, opts.random = 64, 1, 50, 500
     server = subprocess.Popen(
-        [sys.executable, "-m", "netcache.httpserver", "--size-mib", str(opts.size_mib),
+        [sys.executable, "-m", "netcache.testing.httpserver", "--size-mib", str(opts.size_mib),
          "--small-files", str(opts.small)],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip

@@ -1,14 +1,17 @@
 """What a Dask worker's environment says to netcache: the worker a cache is built in,
 and the memory thresholds that keep netcache under Dask's own.
 
-It imports nothing of netcache's (the composition root, :mod:`netcache.context`, asks it
-for the default memory monitor's settings when ``distributed`` is loaded), and
-``distributed`` only when called.
+It imports nothing of netcache's but the names of ``distributed`` it reaches
+(:mod:`netcache._compat`); :mod:`netcache.process` asks it for the default memory
+monitor's settings when ``distributed`` is loaded, and it imports ``distributed`` only
+when called.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from netcache._compat import dask_workers_in_process
 
 # netcache's thresholds as fractions of the worker's first memory threshold: a cache
 # reclaims from 85% of it, hard at 92%, stops admitting at 97%, down to 70%.
@@ -21,13 +24,12 @@ def current_worker() -> Any | None:
     one worker (the usual nanny layout) answers that worker."""
     try:
         from distributed import get_worker
-        from distributed.worker import Worker
     except ImportError:
         return None
     try:
         return get_worker()
     except ValueError:
-        workers = list(Worker._instances)
+        workers = dask_workers_in_process()
         return workers[0] if len(workers) == 1 else None
 
 

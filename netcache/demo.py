@@ -17,8 +17,8 @@ import time
 
 from netcache.backends.segments import LAYOUT
 from netcache.filesystem import NetCacheFileSystem
-from netcache.httpserver import RangeServer, random_bytes
 from netcache.sizes import format_size
+from netcache.testing.httpserver import RangeServer, random_bytes
 
 CHUNK = 1 << 20
 

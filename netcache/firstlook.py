@@ -24,10 +24,10 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from fsspec import AbstractFileSystem
-from fsspec.asyn import _run_coros_in_chunks, sync
+from fsspec.asyn import sync
 
 from netcache.buffers import PageFiller
-from netcache.http import streams_pages
+from netcache.http import gather_bounded, streams_pages
 from netcache.identity import redact_url
 from netcache.retry import Retries, is_transient
 from netcache.s3 import get_ranges_async as get_s3_ranges
@@ -250,10 +250,8 @@ async def _http_first_look(
                     info[field] = r.headers[field]
             return info, body
 
-    # concurrently, in fsspec's batches, as its _cat_ranges would send them
-    answers = await _run_coros_in_chunks([look(*span) for span in spans],
-                                         batch_size=target.batch_size, nofiles=True,
-                                         return_exceptions=True)  # fmt: skip
+    # concurrently, at most the target's batch at once, as its _cat_ranges sends them
+    answers = await gather_bounded([look(*span) for span in spans], target.batch_size)
     for answer in answers:
         if isinstance(answer, FileNotFoundError):
             raise answer

@@ -15,12 +15,15 @@ for others.
 
 from __future__ import annotations
 
+import asyncio
 import sys
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 from fsspec import AbstractFileSystem
-from fsspec.asyn import _run_coros_in_chunks, sync
+from fsspec.asyn import sync
 
+from netcache._compat import has_fsspecs_http_requests, raise_not_found_for_status
 from netcache.answers import Pin
 from netcache.buffers import PageFiller
 from netcache.identity import redact_url
@@ -37,8 +40,7 @@ def streams_pages(target: AbstractFileSystem) -> bool:
     (a subclass that makes its requests otherwise keeps them: its ``cat_file`` is used)."""
     if not is_http(target):
         return False
-    fsspecs_own = sys.modules["fsspec.implementations.http"].HTTPFileSystem._cat_file
-    return type(target)._cat_file is fsspecs_own
+    return has_fsspecs_http_requests(target)
 
 
 def if_match_headers(target: AbstractFileSystem, etag: str) -> dict[str, str]:
@@ -85,7 +87,7 @@ async def _get_ranges(
     async def one(start: int, end: int) -> PageFiller:
         ranged = {**base, "Range": f"bytes={start}-{end - 1}"}
         async with session.get(url, headers=ranged, **options) as answer:
-            target._raise_not_found_for_status(answer, path)
+            raise_not_found_for_status(target, answer, path)
             pin.check_version(
                 where, answer.headers.get("ETag"), answer.headers.get("Last-Modified")
             )
@@ -104,11 +106,28 @@ async def _get_ranges(
             pin.check_range(where, start, end, content_range, pages.received)
             return pages
 
-    # fsspec's own batching, as its _cat_ranges runs these requests
-    answers = await _run_coros_in_chunks([one(start, end) for start, end in ranges],
-                                         batch_size=target.batch_size, nofiles=True,
-                                         return_exceptions=True)  # fmt: skip
+    # at most the target's batch of requests at once, as its _cat_ranges sends them
+    answers = await gather_bounded([one(start, end) for start, end in ranges], target.batch_size)
     for answer in answers:
         if isinstance(answer, BaseException):
             raise answer
     return answers  # type: ignore[return-value]
+
+
+T = TypeVar("T")
+#: Requests in flight at once for one call, where the target sets no batch size.
+MAX_CONCURRENT_REQUESTS = 32
+
+
+async def gather_bounded(
+    coros: list[Coroutine[Any, Any, T]], limit: int | None
+) -> list[T | BaseException]:
+    """Run ``coros``, at most ``limit`` (default ``MAX_CONCURRENT_REQUESTS``) at once;
+    each one's result or exception, in order (every one runs to its end)."""
+    gate = asyncio.Semaphore(limit or MAX_CONCURRENT_REQUESTS)
+
+    async def gated(coro: Coroutine[Any, Any, T]) -> T:
+        async with gate:
+            return await coro
+
+    return await asyncio.gather(*(gated(c) for c in coros), return_exceptions=True)

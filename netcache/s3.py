@@ -19,6 +19,7 @@ from typing import Any
 from fsspec import AbstractFileSystem
 from fsspec.asyn import sync
 
+from netcache._compat import call_s3, s3_error_wrapper
 from netcache.answers import Pin
 from netcache.buffers import PageFiller
 from netcache.errors import FileChangedError
@@ -76,8 +77,13 @@ async def get_ranges_async(
 
     async def request(start: int, end: int) -> tuple[dict[str, Any], PageFiller]:
         # s3fs's own request path: its options, retries and error translation
-        answer = await target._call_s3(
-            "get_object", Bucket=bucket, Key=key, Range=f"bytes={start}-{end - 1}", **condition
+        answer = await call_s3(
+            target,
+            "get_object",
+            Bucket=bucket,
+            Key=key,
+            Range=f"bytes={start}-{end - 1}",
+            **condition,
         )
         body = answer.pop("Body")
         try:
@@ -93,7 +99,7 @@ async def get_ranges_async(
         return answer, pages
 
     # and, as s3fs's cat_file does, the request made again when the body breaks off
-    retry = getattr(sys.modules["s3fs.core"], "_error_wrapper", None)
+    retry = s3_error_wrapper()
 
     async def one(start: int, end: int) -> tuple[dict[str, Any], PageFiller]:
         async with gate:

@@ -11,7 +11,6 @@ import sys
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
 from typing import Any
 
 from netcache.backends.base import Backend
@@ -73,8 +72,6 @@ class WritebackQueue:
     for readers (see the constant).
 
     Implements :class:`~netcache.policies.release.StoreControl` for release policies.
-    ``before_lock_hook``, if set, runs in ``cancel_if_pending`` between a policy's first
-    look and the lock: a test hook, so that a store can finish in that window (``gon``).
     """
 
     def __init__(
@@ -101,7 +98,6 @@ class WritebackQueue:
         self._meta_running: str | None = None  # the file whose metadata is being written
         self._threads: list[threading.Thread] = []
         self._closed = False
-        self.before_lock_hook: Callable[[Page], None] | None = None
 
     # -- producers -----------------------------------------------------------------------
 
@@ -175,9 +171,6 @@ class WritebackQueue:
     # -- StoreControl --------------------------------------------------------------------
 
     def cancel_if_pending(self, page: Page) -> StoreState:
-        hook = self.before_lock_hook
-        if hook is not None:
-            hook(page)
         with self._cond:
             state = page.state
             if state is StoreState.PENDING:

@@ -9,9 +9,11 @@ import fsspec
 import pytest
 
 import netcache
+from netcache import process
 from netcache.backends.mapping import MappingBackend
-from netcache.httpserver import RangeServer
 from netcache.page import PageKey
+from netcache.pressure import MemoryPressureMonitor, MemoryReading
+from netcache.testing import RangeServer
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -22,11 +24,23 @@ def payload(n: int, seed: int = 0) -> bytes:
     return random.Random(seed).randbytes(n)
 
 
+def calm_memory() -> MemoryReading:
+    """A memory reading that is never under pressure, whatever the machine has free."""
+    return MemoryReading(rss=0, available=1 << 50)
+
+
 @pytest.fixture(autouse=True)
-def _fresh_caches() -> Iterator[None]:
-    """Each test starts with no shared cache contexts and no cached fsspec instances."""
+def _fresh_caches(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Each test starts with no shared cache contexts, no cached fsspec instances, and
+    a process-wide memory monitor of its own that reads no real memory: exact counts
+    must not depend on how much memory the machine has free. A test about the monitor
+    itself gives its caches one, or is marked ``machine_memory`` to get the real one."""
+    if request.node.get_closest_marker("machine_memory") is None:
+        process.use_default_monitor(
+            MemoryPressureMonitor(limit="1TiB", probe=calm_memory, autostart=False)
+        )
     yield
-    netcache.close_all(drain_timeout=5)
+    process.reset(drain_timeout=5)
     fsspec.AbstractFileSystem.clear_instance_cache()
     netcache.NetCacheFileSystem.clear_instance_cache()
 

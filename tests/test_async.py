@@ -15,8 +15,8 @@ from fsspec.implementations.memory import MemoryFileSystem
 
 import netcache
 from netcache.backends.mapping import MappingBackend
-from netcache.httpserver import RangeServer
 from netcache.page import PageKey
+from netcache.testing.httpserver import RangeServer
 
 
 class Gate:
@@ -77,7 +77,7 @@ def run(coro_fn: Callable[[], Awaitable[Any]]) -> Any:
 def test_warm_reads_are_answered_on_the_loop(server: RangeServer, cache_dir: str) -> None:
     afs = netcache.AsyncNetCacheFileSystem(http_fs(cache_dir))
     url = f"{server.url}/big.bin"
-    data = server._files["/big.bin"].data
+    data = server.data("/big.bin")
 
     async def main() -> None:
         assert await afs._cat_file(url, 1000, 3 * BS) == data[1000 : 3 * BS]  # cold: thread
@@ -95,7 +95,7 @@ def test_warm_reads_are_answered_on_the_loop(server: RangeServer, cache_dir: str
 def test_disk_tier_reads_do_not_block_the_loop(server: RangeServer) -> None:
     disk = GatedDisk()
     url = f"{server.url}/big.bin"
-    data = server._files["/big.bin"].data
+    data = server.data("/big.bin")
     first = http_fs(disk, readahead=False)
     assert first.cat_file(url, 0, 2 * BS) == data[: 2 * BS]
     assert first.flush(timeout=10)

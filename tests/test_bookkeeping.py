@@ -14,8 +14,8 @@ from conftest import BS, MiB, http_fs, payload
 
 import netcache
 from netcache.backends.segments import table_size
-from netcache.httpserver import RangeServer
 from netcache.page import PageKey
+from netcache.testing.httpserver import RangeServer
 
 
 def _reopen_offline(cache_dir: str) -> netcache.NetCacheFileSystem:
@@ -103,14 +103,14 @@ def test_a_target_is_rebuilt_in_a_forked_child(server: RangeServer, cache_dir: s
     child.start()
     got = out.get(timeout=60)
     child.join(60)
-    assert got == server._files["/small.bin"].data[10:20]
+    assert got == server.data("/small.bin")[10:20]
     assert child.exitcode == 0
-    assert fs.cat_file(url, 0, 10) == server._files["/big.bin"].data[:10]  # the parent's own
+    assert fs.cat_file(url, 0, 10) == server.data("/big.bin")[:10]  # the parent's own
 
 
 def test_offsets_may_be_numpy_integers(server: RangeServer, cache_dir: str) -> None:
     url = f"{server.url}/big.bin"
-    data = server._files["/big.bin"].data
+    data = server.data("/big.bin")
     fs = http_fs(cache_dir)
     assert fs.cat_file(url, np.int64(5), np.uint32(MiB)) == data[5:MiB]
     starts, ends = np.array([0, 100]), np.array([10, 200])

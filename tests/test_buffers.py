@@ -15,8 +15,8 @@ from conftest import BS, MiB, http_fs, payload
 import netcache
 from netcache import buffers
 from netcache.buffers import RECYCLE_BYTES, drop_recycled, page_buffer, recycled_bytes
-from netcache.httpserver import RangeServer
 from netcache.page import Page, PageKey
+from netcache.testing.httpserver import RangeServer
 
 pytestmark = pytest.mark.skipif(
     not buffers._RECYCLING, reason="buffers are reused only where CPython counts every holder"

@@ -16,7 +16,7 @@ import pytest
 from conftest import BS
 
 import netcache
-from netcache.httpserver import RangeServer
+from netcache.testing.httpserver import RangeServer
 
 np = pytest.importorskip("numpy")
 pd = pytest.importorskip("pandas")
@@ -44,6 +44,7 @@ def _read_in_child(blob: bytes, url: str) -> tuple[dict[str, Any], bytes]:
     return _described(fs), fs.cat_file(url, 10, 20)
 
 
+@pytest.mark.machine_memory  # the chained instance's default monitor is each process's own
 def test_pickles_to_another_process_with_its_settings(server: RangeServer, cache_dir: str) -> None:
     monitor = netcache.MemoryPressureMonitor(limit="1GiB", critical=0.5, high=0.45,
                                              moderate=0.4, target=0.3, autostart=False)  # fmt: skip
@@ -65,7 +66,7 @@ def test_pickles_to_another_process_with_its_settings(server: RangeServer, cache
     assert config == _described(fs)
     assert config["memory_monitor"]["critical"] == 0.5 and "2q" in config["eviction"]
     assert chained_config == _described(chained)
-    assert data == chained_data == server._files["/big.bin"].data[10:20]
+    assert data == chained_data == server.data("/big.bin")[10:20]
 
 
 def test_backend_instances_say_why_they_do_not_pickle() -> None:

@@ -16,7 +16,7 @@ import pytest
 from conftest import BS
 
 import netcache
-from netcache.httpserver import RangeServer
+from netcache.testing.httpserver import RangeServer
 
 np = pytest.importorskip("numpy")
 pd = pytest.importorskip("pandas")

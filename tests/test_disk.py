@@ -26,7 +26,7 @@ from netcache.backends.base import HEADER_SIZE as HEADER
 from netcache.backends.segmentio import stored_slots
 from netcache.backends.segments import LAYOUT, parse_segment_name, table_size
 from netcache.firstlook import FIRST_LOOK_BYTES
-from netcache.httpserver import RangeServer
+from netcache.testing.httpserver import RangeServer
 
 
 def segment_files(cache_dir: str) -> list[str]:
@@ -69,7 +69,7 @@ def test_disk_limit_holds(server: RangeServer, cache_dir: str) -> None:
     limit = 8 * BS + 4096
     fs = http_fs(cache_dir, disk_limit=limit)
     url = f"{server.url}/big.bin"
-    data = server._files["/big.bin"].data
+    data = server.data("/big.bin")
     assert fs.cat_file(url) == data
     assert fs.flush(30)
     usage = fs.disk_usage()
@@ -91,7 +91,7 @@ def _reopen(cache_dir: str) -> netcache.NetCacheFileSystem:
 def test_corrupt_page_is_refetched(server: RangeServer, cache_dir: str, damage: str,
                                    caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
     url = f"{server.url}/big.bin"
-    data = server._files["/big.bin"].data
+    data = server.data("/big.bin")
     fs = http_fs(cache_dir, check_interval=None)
     assert fs.cat_file(url) == data
     assert fs.flush(30)
@@ -182,7 +182,7 @@ def test_unusable_cache_dir_runs_memory_only(caplog: pytest.LogCaptureFixture,
     with caplog.at_level(logging.WARNING, logger="netcache"):
         fs = http_fs("/proc/netcache-cannot-exist/cache")
     assert fs.context.backend is None
-    assert fs.cat_file(f"{server.url}/small.bin") == server._files["/small.bin"].data
+    assert fs.cat_file(f"{server.url}/small.bin") == server.data("/small.bin")
     assert fs.stats().disk.werr == 1
     assert len(caplog.records) == 1 and "disk tier" in caplog.records[0].getMessage()
 
@@ -240,7 +240,7 @@ def test_pending_stores_are_drained_at_exit(server: RangeServer, cache_dir: str)
     import sys
 
     url = f"{server.url}/big.bin"
-    data = server._files["/big.bin"].data
+    data = server.data("/big.bin")
     code = f"""
 import netcache
 fs = netcache.NetCacheFileSystem(target_protocol="http", cache_dir={cache_dir!r}, block_size={BS})
@@ -255,7 +255,7 @@ assert len(fs.cat_file({url!r})) == {len(data)}
 
 def test_hostile_files_are_at_worst_a_miss(server: RangeServer, cache_dir: str) -> None:
     url = f"{server.url}/big.bin"
-    data = server._files["/big.bin"].data
+    data = server.data("/big.bin")
     fs = http_fs(cache_dir, check_interval=None)
     assert fs.cat_file(url) == data
     assert fs.flush(30)
@@ -339,7 +339,7 @@ def test_opening_a_file_does_not_wait_for_its_metadata_write(server: RangeServer
         reader.join(10)
         # read while its metadata write is held (started by then, or about to be: the
         # worker may be slower than a one-request read): the write runs on the worker
-        assert got == [server._files["/small.bin"].data] and backend.writing.wait(10)
+        assert got == [server.data("/small.bin")] and backend.writing.wait(10)
         fid = fs.context.cookies.file_id(url)
         assert backend.load_meta(fid) is None
     finally:
@@ -379,7 +379,7 @@ def _all_on_disk(
 ) -> tuple[netcache.NetCacheFileSystem, str, bytes]:
     """A filesystem that has read big.bin whole and stored every page of it."""
     url = f"{server.url}/big.bin"
-    data = server._files["/big.bin"].data
+    data = server.data("/big.bin")
     fs = http_fs(cache_dir, check_interval=None)
     assert fs.cat_file(url) == data and fs.flush(30)
     return fs, url, data
@@ -423,7 +423,7 @@ def _first_half_on_disk(
 ) -> tuple[netcache.NetCacheFileSystem, str, bytes, int]:
     """A new process's filesystem, with the first half of big.bin on disk, none in memory."""
     url = f"{server.url}/big.bin"
-    data = server._files["/big.bin"].data
+    data = server.data("/big.bin")
     half = (len(data) // BS // 2) * BS
     fs = http_fs(cache_dir, check_interval=None)
     assert fs.cat_file(url, 0, half) == data[:half] and fs.flush(30)
@@ -914,7 +914,7 @@ def test_writeback_workers_yield_the_cpu_to_readers(server: RangeServer, cache_d
 
     reader = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     fs = http_fs(cache_dir)
-    assert fs.cat_file(f"{server.url}/big.bin") == server._files["/big.bin"].data
+    assert fs.cat_file(f"{server.url}/big.bin") == server.data("/big.bin")
     workers = [t for t in threading.enumerate() if t.name.startswith("netcache-writeback")]
     assert workers
     for worker in workers:
@@ -941,7 +941,7 @@ def test_a_cold_read_of_a_new_file_does_not_look_for_its_pages_on_disk(
     server: RangeServer, cache_dir: str
 ) -> None:
     url = f"{server.url}/big.bin"
-    data = server._files["/big.bin"].data
+    data = server.data("/big.bin")
     pages = len(range(0, len(data), BS))
     fs = http_fs(cache_dir, check_interval=None, readahead=False)
     opened = record_disk_looks(fs.context.backend)

@@ -11,7 +11,7 @@ from conftest import BS, MiB, http_fs, payload
 
 from netcache.errors import FileChangedError
 from netcache.firstlook import FIRST_LOOK_BYTES
-from netcache.httpserver import RangeServer
+from netcache.testing.httpserver import RangeServer
 
 
 @pytest.fixture
@@ -23,7 +23,7 @@ def srv() -> RangeServer:  # type: ignore[misc]
 
 def test_small_file_is_one_get_and_then_cached(srv: RangeServer) -> None:
     fs = http_fs(False, skip_instance_cache=True)
-    data = srv._files["/small.bin"].data
+    data = srv.data("/small.bin")
     with fs.open(f"{srv.url}/small.bin") as f:
         assert f.size == len(data)
         assert f.read() == data
@@ -35,7 +35,7 @@ def test_small_file_is_one_get_and_then_cached(srv: RangeServer) -> None:
 
 def test_big_file_first_read_comes_with_the_open(srv: RangeServer) -> None:
     fs = http_fs(False, readahead=False, skip_instance_cache=True)
-    data = srv._files["/big.bin"].data
+    data = srv.data("/big.bin")
     with fs.open(f"{srv.url}/big.bin") as f:
         assert f.size == len(data)
         assert f.read(FIRST_LOOK_BYTES) == data[:FIRST_LOOK_BYTES]
@@ -49,10 +49,10 @@ def test_big_file_first_read_comes_with_the_open(srv: RangeServer) -> None:
 def test_info_and_reads_from_elsewhere_do_not_fetch_first_bytes(srv: RangeServer) -> None:
     fs = http_fs(False, readahead=False, skip_instance_cache=True)
     url = f"{srv.url}/big.bin"
-    data = srv._files["/big.bin"].data
+    data = srv.data("/big.bin")
     assert fs.info(url)["size"] == len(data)
     assert (srv.gets, srv.heads, srv.bytes_sent) == (0, 1, 0)
-    small = srv._files["/small.bin"].data
+    small = srv.data("/small.bin")
     assert fs.cat_file(f"{srv.url}/small.bin", BS + 1, BS + 9) == small[BS + 1 : BS + 9]
     # no HEAD: the one page read came with the version
     assert (srv.gets, srv.heads, srv.bytes_sent) == (1, 1, BS)
@@ -80,7 +80,7 @@ def test_look_spans_are_whole_pages_joined_and_bounded() -> None:
 def test_cold_cat_ranges_fetches_its_pages_with_the_version(srv: RangeServer) -> None:
     fs = http_fs(False, readahead=False, skip_instance_cache=True)
     url = f"{srv.url}/big.bin"
-    data = srv._files["/big.bin"].data
+    data = srv.data("/big.bin")
     # two ranges share page 2, one ends a page later, one ends at the end of the file
     ranges = [(2 * BS + 10, 2 * BS + 100), (2 * BS + 500, 3 * BS + 1), (5, 17),
               (len(data) - 300, len(data))]  # fmt: skip
@@ -101,7 +101,7 @@ def test_a_first_look_stays_within_the_read_ahead_bound(srv: RangeServer) -> Non
     # could be evicted before they are read); more is fetched after a HEAD, as before
     fs = http_fs(False, readahead=False, memory_limit="2MiB", skip_instance_cache=True)
     url = f"{srv.url}/big.bin"
-    data = srv._files["/big.bin"].data
+    data = srv.data("/big.bin")
     n = FIRST_LOOK_BYTES // (2 * BS) + 1  # spans of 2 pages: more than 1 MiB
     starts = [i * 4 * BS for i in range(n)]
     ends = [s + BS + 1 for s in starts]
@@ -114,12 +114,12 @@ def test_a_first_look_stays_within_the_read_ahead_bound(srv: RangeServer) -> Non
 def test_ranges_counted_from_the_end_ask_for_the_size_first(srv: RangeServer) -> None:
     fs = http_fs(False, readahead=False, skip_instance_cache=True)
     url = f"{srv.url}/big.bin"
-    data = srv._files["/big.bin"].data
+    data = srv.data("/big.bin")
     assert fs.cat_file(url, -100) == data[-100:]
     assert (srv.gets, srv.heads) == (1, 1)
     srv.reset_counts()
     url = f"{srv.url}/small.bin"
-    small = srv._files["/small.bin"].data
+    small = srv.data("/small.bin")
     assert fs.cat_file(url, 1000) == small[1000:]  # to the end, from elsewhere
     assert (srv.gets, srv.heads) == (1, 1)
 
@@ -127,7 +127,7 @@ def test_ranges_counted_from_the_end_ask_for_the_size_first(srv: RangeServer) ->
 def test_a_range_beyond_the_end_or_a_change_between_answers_asks_info(srv: RangeServer) -> None:
     fs = http_fs(False, readahead=False, skip_instance_cache=True)
     url = f"{srv.url}/small.bin"
-    small = srv._files["/small.bin"].data
+    small = srv.data("/small.bin")
     # a span past the end answers 416: the look is dropped, info() asked, and the pages
     # fetched again
     got = fs.cat_ranges([url] * 2, [0, len(small) + BS], [10, len(small) + 2 * BS])
@@ -136,8 +136,8 @@ def test_a_range_beyond_the_end_or_a_change_between_answers_asks_info(srv: Range
     assert fs.cat_file(url, 0, 10) == small[:10]
 
     # answers naming other versions: none of their bytes is kept
-    versions = [payload(len(srv._files["/big.bin"].data), 40 + i) for i in range(4)]
-    take, lock = srv._take, threading.Lock()
+    versions = [payload(len(srv.data("/big.bin")), 40 + i) for i in range(4)]
+    take, lock = srv.take, threading.Lock()
 
     def take_then_change(method: str, path: str):  # type: ignore[no-untyped-def]
         with lock:  # each of the first three GETs is answered from its own version
@@ -146,7 +146,7 @@ def test_a_range_beyond_the_end_or_a_change_between_answers_asks_info(srv: Range
                 srv.put("big.bin", versions[srv.gets])
             return answer
 
-    srv._take = take_then_change  # type: ignore[method-assign]
+    srv.take = take_then_change  # type: ignore[method-assign]
     srv.reset_counts()
     fs2 = http_fs(False, readahead=False, skip_instance_cache=True)
     starts = [0, 4 * BS, 8 * BS]
@@ -162,20 +162,20 @@ def test_a_later_check_finds_the_same_version(srv: RangeServer) -> None:
     # would drop the file's pages
     fs = http_fs(False, check_interval=0.05, readahead=False, skip_instance_cache=True)
     url = f"{srv.url}/small.bin"
-    data = srv._files["/small.bin"].data
+    data = srv.data("/small.bin")
     assert fs.cat_file(url) == data
     time.sleep(0.1)
     assert fs.cat_file(url) == data
     assert (srv.gets, srv.heads) == (1, 1)  # the recheck is a HEAD; no page fetched again
     srv.put("small.bin", payload(300_000, 9))
     time.sleep(0.1)
-    assert fs.cat_file(url) == srv._files["/small.bin"].data
+    assert fs.cat_file(url) == srv.data("/small.bin")
 
 
 def test_pages_after_the_first_look_are_pinned_to_its_version(srv: RangeServer) -> None:
     fs = http_fs(False, readahead=False, skip_instance_cache=True)
     url = f"{srv.url}/big.bin"
-    data = srv._files["/big.bin"].data
+    data = srv.data("/big.bin")
     with fs.open(url) as f:
         assert f.read(10) == data[:10]
         srv.put("big.bin", payload(len(data), 3))  # same size, other bytes, new ETag
@@ -189,7 +189,7 @@ def test_servers_that_answer_otherwise_still_read_right(srv: RangeServer, quirk:
     srv.ignore_ranges = quirk in ("ignore_ranges", "both")
     srv.hide_size = quirk in ("hide_size", "both")
     fs = http_fs(False, readahead=False, skip_instance_cache=True)
-    data = srv._files["/big.bin"].data
+    data = srv.data("/big.bin")
     with fs.open(f"{srv.url}/big.bin") as f:
         assert f.size == len(data)
         assert f.read(100) == data[:100]
@@ -204,7 +204,7 @@ def test_servers_that_answer_otherwise_still_read_right(srv: RangeServer, quirk:
 
 def test_a_failed_first_look_falls_back_to_info(srv: RangeServer) -> None:
     fs = http_fs(False, skip_instance_cache=True)
-    data = srv._files["/small.bin"].data
+    data = srv.data("/small.bin")
     srv.fail_next(1, 403)  # not a plain answer (a 5xx would be asked again: test_retries)
     with fs.open(f"{srv.url}/small.bin") as f:
         assert f.read() == data
@@ -230,7 +230,7 @@ def test_other_targets_open_as_before(tmp_path) -> None:  # type: ignore[no-unty
 def test_a_shorter_range_answer_keeps_only_whole_pages(srv: RangeServer) -> None:
     srv.range_limit = BS + 5000  # the server answers a page and a bit of the first look
     fs = http_fs(False, readahead=False, skip_instance_cache=True)
-    data = srv._files["/big.bin"].data
+    data = srv.data("/big.bin")
     with fs.open(f"{srv.url}/big.bin") as f:
         assert f.size == len(data)
         cache = fs.context.page_cache
@@ -254,7 +254,7 @@ def test_threads_opening_one_cold_file_at_once_all_read_it_right(srv: RangeServe
 
     fs = http_fs(False, skip_instance_cache=True)
     url = f"{srv.url}/big.bin"
-    data = srv._files["/big.bin"].data
+    data = srv.data("/big.bin")
     barrier = threading.Barrier(8)
     got: list[bytes] = []
 

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 import netcache
 from netcache.buffers import PageFiller
 from netcache.http import streams_pages
-from netcache.httpserver import RangeServer
+from netcache.testing.httpserver import RangeServer
 
 
 @given(

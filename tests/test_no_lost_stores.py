@@ -13,8 +13,8 @@ from conftest import BS, MiB, http_fs, payload
 
 import netcache
 from netcache.backends.directory import DirectoryBackend
-from netcache.httpserver import RangeServer
 from netcache.policies.release import PressureLevel
+from netcache.testing.httpserver import RangeServer
 
 _SECOND_PROCESS = """
 import sys

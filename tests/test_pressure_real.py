@@ -17,8 +17,8 @@ from conftest import BS, MiB, payload, wait_for
 
 import netcache
 from netcache import MemoryPressureMonitor, MemoryReading
-from netcache.httpserver import RangeServer
 from netcache.policies import PressureLevel
+from netcache.testing.httpserver import RangeServer
 
 
 def test_psutil_monitor_brings_rss_back_under_target(tmp_path) -> None:  # type: ignore[no-untyped-def]

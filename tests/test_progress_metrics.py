@@ -11,8 +11,8 @@ from conftest import BS, GatedBackend, MiB, http_fs, payload
 from fsspec.callbacks import Callback
 
 import netcache
-from netcache.httpserver import RangeServer
 from netcache.stats import GAUGES, prometheus_text
+from netcache.testing.httpserver import RangeServer
 
 
 class Recorder(Callback):
@@ -41,7 +41,7 @@ def restart() -> None:
 def test_get_file_reports_progress_and_goes_through_pages(
     server: RangeServer, cache_dir: str, tmp_path: Any
 ) -> None:
-    data = server._files["/big.bin"].data
+    data = server.data("/big.bin")
     fs = http_fs(cache_dir)
     progress = Recorder()
     fs.get_file(f"{server.url}/big.bin", str(tmp_path / "a.bin"), callback=progress)
@@ -58,8 +58,8 @@ def test_prefetch_warms_the_disk_tier_for_the_next_process(
     server: RangeServer, cache_dir: str
 ) -> None:
     data = {
-        "big.bin": server._files["/big.bin"].data,
-        "small.bin": server._files["/small.bin"].data,
+        "big.bin": server.data("/big.bin"),
+        "small.bin": server.data("/small.bin"),
     }
     fs = http_fs(cache_dir, memory_limit=8 * BS)  # far less memory than the files
     progress = Recorder()

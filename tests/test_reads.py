@@ -17,13 +17,13 @@ import pytest
 from conftest import BS, MiB, http_fs, payload, wait_for
 
 import netcache
-from netcache.httpserver import RangeServer
+from netcache.testing.httpserver import RangeServer
 
 
 def test_random_reads_every_byte(server: RangeServer, cache_dir: str) -> None:
     fs = http_fs(cache_dir)
     url = f"{server.url}/big.bin"
-    data = server._files["/big.bin"].data
+    data = server.data("/big.bin")
     rng = random.Random(7)
     with fs.open(url, "rb") as f:
         assert f.size == len(data)
@@ -83,7 +83,7 @@ def test_only_missing_pages_fetched_adjacent_in_one_request(server: RangeServer,
                                                              cache_dir: str) -> None:  # fmt: skip
     fs = http_fs(cache_dir)
     url = f"{server.url}/big.bin"
-    data = server._files["/big.bin"].data
+    data = server.data("/big.bin")
     fs.info(url)
     server.reset_counts()
     # pages 2..5 in one request
@@ -102,8 +102,8 @@ def test_cat_ranges_cat_read_block_get_file(server: RangeServer, cache_dir: str,
     fs = http_fs(cache_dir)
     url = f"{server.url}/big.bin"
     small = f"{server.url}/small.bin"
-    data = server._files["/big.bin"].data
-    sdata = server._files["/small.bin"].data
+    data = server.data("/big.bin")
+    sdata = server.data("/small.bin")
     starts = [0, 5 * BS + 1, 40 * BS, 10]
     ends = [10, 7 * BS, 40 * BS + 5, 20]
     got = fs.cat_ranges([url, url, url, small], starts, ends)
@@ -162,7 +162,7 @@ def test_several_files_are_read_at_once_one_request_each(cache_dir: str) -> None
 def test_eight_threads_single_flight(server: RangeServer, cache_dir: str) -> None:
     fs = http_fs(cache_dir, readahead=False)  # count only what the readers ask for
     url = f"{server.url}/big.bin"
-    data = server._files["/big.bin"].data
+    data = server.data("/big.bin")
     fs.info(url)
     server.reset_counts()
     server.latency = 0.05  # widen the window in which the threads overlap
@@ -197,7 +197,7 @@ def test_eight_threads_single_flight(server: RangeServer, cache_dir: str) -> Non
 def test_second_process_reads_without_remote(server: RangeServer, cache_dir: str) -> None:
     fs = http_fs(cache_dir)
     url = f"{server.url}/big.bin"
-    data = server._files["/big.bin"].data
+    data = server.data("/big.bin")
     assert fs.cat_file(url) == data
     assert fs.flush(timeout=30)
     server.reset_counts()
@@ -222,7 +222,7 @@ print(json.dumps([hashlib.sha256(body).hexdigest(), fs.stats().as_dict()]))
 def test_503_raises_then_next_read_is_right(server: RangeServer, cache_dir: str) -> None:
     fs = http_fs(cache_dir)
     url = f"{server.url}/big.bin"
-    data = server._files["/big.bin"].data
+    data = server.data("/big.bin")
     fs.info(url)
     server.fail_next(4, 503)  # the first try and its 3 retries
     with pytest.raises(Exception) as info:
@@ -244,7 +244,7 @@ def test_503_raises_then_next_read_is_right(server: RangeServer, cache_dir: str)
 def test_remote_change_seen_after_check_interval(server: RangeServer, cache_dir: str) -> None:
     fs = http_fs(cache_dir, check_interval=0.3)
     url = f"{server.url}/small.bin"
-    old = server._files["/small.bin"].data
+    old = server.data("/small.bin")
     assert fs.cat_file(url) == old
     new = payload(1500, 99)
     server.put("small.bin", new)
@@ -262,7 +262,7 @@ def test_remote_change_seen_after_check_interval(server: RangeServer, cache_dir:
 def test_open_file_keeps_its_version(server: RangeServer, cache_dir: str) -> None:
     fs = http_fs(cache_dir, check_interval=0, readahead=False)
     url = f"{server.url}/big.bin"
-    old = server._files["/big.bin"].data
+    old = server.data("/big.bin")
     with fs.open(url) as f:
         head = f.read(BS)
         server.put("big.bin", payload(len(old), 50))
@@ -271,7 +271,7 @@ def test_open_file_keeps_its_version(server: RangeServer, cache_dir: str) -> Non
             f.read(BS)  # never a page of the new version inside the old one
         f.seek(0)
         assert f.read(BS) == head == old[:BS]
-    assert fs.cat_file(url, 0, BS) == server._files["/big.bin"].data[:BS]
+    assert fs.cat_file(url, 0, BS) == server.data("/big.bin")[:BS]
 
 
 def test_remote_without_size_or_ranges(cache_dir: str) -> None:
@@ -305,7 +305,7 @@ def test_remote_without_size_or_ranges(cache_dir: str) -> None:
 def test_short_read_raises_and_caches_nothing(server: RangeServer, cache_dir: str) -> None:
     fs = http_fs(cache_dir)
     url = f"{server.url}/big.bin"
-    data = server._files["/big.bin"].data
+    data = server.data("/big.bin")
     fs.info(url)
     server.short_by = 10
     with pytest.raises(netcache.ShortReadError):
@@ -334,7 +334,7 @@ def test_info_answered_from_cache(server: RangeServer, cache_dir: str) -> None:
 
 def test_chained_url_and_entry_point(server: RangeServer, cache_dir: str) -> None:
     url = f"{server.url}/small.bin"
-    data = server._files["/small.bin"].data
+    data = server.data("/small.bin")
     with fsspec.open(f"netcache::{url}", netcache={"cache_dir": cache_dir}) as f:
         assert f.read() == data
     # the entry point registers the protocol without importing netcache first
@@ -386,7 +386,7 @@ def test_metadata_goes_to_target(tmp_path) -> None:  # type: ignore[no-untyped-d
 def test_warm_reads_touch_nothing(server: RangeServer, cache_dir: str) -> None:
     fs = http_fs(cache_dir)
     url = f"{server.url}/big.bin"
-    data = server._files["/big.bin"].data
+    data = server.data("/big.bin")
     assert fs.cat_file(url) == data
     server.reset_counts()
     for _ in range(3):
@@ -399,7 +399,7 @@ def test_warm_reads_touch_nothing(server: RangeServer, cache_dir: str) -> None:
 def test_open_file_keeps_its_version_with_readahead(server: RangeServer, cache_dir: str) -> None:
     fs = http_fs(cache_dir, check_interval=0)
     url = f"{server.url}/big.bin"
-    old = server._files["/big.bin"].data
+    old = server.data("/big.bin")
     with fs.open(url) as f:
         assert f.read(BS) == old[:BS]  # read-ahead of the following pages starts here
         server.put("big.bin", payload(len(old), 51))

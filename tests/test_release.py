@@ -4,6 +4,7 @@ tier whose stores are held back so PENDING and STORING are deterministic."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import fsspec
 import pytest
@@ -116,6 +117,18 @@ def test_a_store_call_failing_part_way_is_undone_for_an_invalidated_file() -> No
     assert [backend.load_page(key) for key in keys] == [None] * 4  # its first page undone
 
 
+def before_cancelling(writeback: object, hook: Callable[[object], None]) -> None:
+    """Run ``hook(page)`` in the write-back's ``cancel_if_pending`` before it takes its
+    lock: the window between a release policy's first look at a page and its decision."""
+    cancel = writeback.cancel_if_pending  # type: ignore[attr-defined]
+
+    def hooked(page: object) -> object:
+        hook(page)
+        return cancel(page)
+
+    writeback.cancel_if_pending = hooked  # type: ignore[attr-defined]
+
+
 def test_gon_store_finishes_between_look_and_lock() -> None:
     backend = GatedBackend()
     fs = make_fs(backend, release_policy=CancelPending())
@@ -129,7 +142,7 @@ def test_gon_store_finishes_between_look_and_lock() -> None:
         backend.gate.set()
         assert wait_for(lambda: page.state is StoreState.STORED)
 
-    writeback.before_lock_hook = finish_store
+    before_cancelling(writeback, finish_store)
     assert fs.reclaim(BS) == BS
     assert vmscan(fs) == {"nos": 0, "gon": 1, "bsy": 0, "can": 0, "wt": 0, "kep": 0}
 
@@ -181,7 +194,7 @@ def test_graded_never_cancels_without_pressure() -> None:
 
 def test_wait_for_store_with_timeout_counts_wt() -> None:
     backend = GatedBackend()
-    fs = make_fs(backend, release_policy=WaitForStore(timeout=0.3))
+    fs = make_fs(backend, release_policy=WaitForStore(timeout=1.0))
     fs.cat_file("/rel/p.bin", 0, 2 * BS)
     assert backend.storing.wait(10)
     assert fs.reclaim(2 * BS) == BS  # page 1 cancelled; page 0 waited for, still storing
@@ -189,8 +202,9 @@ def test_wait_for_store_with_timeout_counts_wt() -> None:
     assert vmscan(fs) == {"nos": 0, "gon": 0, "bsy": 2, "can": 1, "wt": 1, "kep": 0}
     writeback = fs.context.writeback
     assert writeback is not None
-    # the store finishes only after reclaim's first look, while it waits
-    writeback.before_lock_hook = lambda page: threading.Timer(0.05, backend.gate.set).start()
+    # the store is let go after reclaim's first look: it finishes while reclaim waits
+    # (on the store's own event; the timeout only bounds a store that never ends)
+    before_cancelling(writeback, lambda page: threading.Thread(target=backend.gate.set).start())
     assert fs.reclaim(BS) == BS  # waited, and the store finished in time
     assert vmscan(fs) == {"nos": 0, "gon": 1, "bsy": 2, "can": 1, "wt": 2, "kep": 0}
     # instances sharing the cache must agree on the policy, its settings included

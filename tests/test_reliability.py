@@ -279,7 +279,7 @@ def test_fork_while_busy(tmp_path) -> None:  # type: ignore[no-untyped-def]
 def test_remote_trouble_raises_caches_nothing_then_recovers(tmp_path, trouble: object) -> None:  # type: ignore[no-untyped-def]
     import aiohttp
 
-    from netcache.httpserver import RangeServer
+    from netcache.testing.httpserver import RangeServer
 
     data = payload(6 * BS, 77)
     with RangeServer({"t.bin": data}) as srv:
@@ -310,7 +310,7 @@ def test_remote_trouble_raises_caches_nothing_then_recovers(tmp_path, trouble: o
 
 
 def test_offline_mode_serves_what_is_cached(tmp_path, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
-    from netcache.httpserver import RangeServer
+    from netcache.testing.httpserver import RangeServer
 
     data = payload(6 * BS, 78)
     cache = str(tmp_path / "c")

@@ -7,8 +7,8 @@ import pytest
 from conftest import BS, MiB, http_fs, payload
 
 import netcache
-from netcache.httpserver import RangeServer
 from netcache.retry import Retries, is_transient
+from netcache.testing.httpserver import RangeServer
 
 DATA = payload(4 * MiB, 31)
 

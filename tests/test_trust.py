@@ -24,7 +24,7 @@ from netcache.backends.segments import LAYOUT
 from netcache.cli import clear as cli_clear
 from netcache.cli import stats as cli_stats
 from netcache.errors import UntrustedFolderError
-from netcache.httpserver import RangeServer
+from netcache.testing.httpserver import RangeServer
 
 NOBODY = 65534  # the other user: a uid no file of the test belongs to
 
@@ -36,7 +36,7 @@ def _files(cache_dir: str) -> str:
 def _cached(server: RangeServer, cache_dir: str) -> tuple[str, bytes, str]:
     """big.bin read whole and stored; returns its URL, bytes and file folder."""
     url = f"{server.url}/big.bin"
-    data = server._files["/big.bin"].data
+    data = server.data("/big.bin")
     fs = http_fs(cache_dir, check_interval=None)
     assert fs.cat_file(url) == data and fs.flush(30)
     fid = fs.context.cookies.file_id(url)
@@ -266,7 +266,7 @@ def test_a_group_folder_is_trusted_only_when_asked(server: RangeServer, shared_t
         http_fs(cache_dir)
     url = f"{server.url}/small.bin"
     fs = http_fs(cache_dir, trusted_group=gid, check_interval=None)
-    assert fs.cat_file(url) == server._files["/small.bin"].data and fs.flush(10)
+    assert fs.cat_file(url) == server.data("/small.bin") and fs.flush(10)
     for top, dirs, names in os.walk(cache_dir):
         for name in dirs:
             st = os.stat(os.path.join(top, name))
@@ -350,7 +350,7 @@ def test_secrets_stay_out_of_netcache_s_messages(
 
 def test_a_range_that_starts_early_is_refused(server: RangeServer, cache_dir: str) -> None:
     url = f"{server.url}/big.bin"
-    data = server._files["/big.bin"].data
+    data = server.data("/big.bin")
     fs = http_fs(cache_dir, check_interval=None, readahead=False)
     assert fs.cat_file(url, 0, 10) == data[:10]  # the version is known
     server.range_shift = 4096  # other bytes, with a Content-Range that says so
@@ -369,7 +369,7 @@ def test_a_server_that_ignores_if_match_cannot_mix_versions(
     server: RangeServer, cache_dir: str
 ) -> None:
     url = f"{server.url}/big.bin"
-    data = server._files["/big.bin"].data
+    data = server.data("/big.bin")
     fs = http_fs(cache_dir, check_interval=None, readahead=False)
     with fs.open(url) as f:
         assert f.read(BS) == data[:BS]
@@ -401,7 +401,7 @@ def test_an_absurd_size_stalls_no_one(server: RangeServer, cache_dir: str) -> No
 
     reader = threading.Thread(target=read_absurd)
     reader.start()
-    small = server._files["/small.bin"].data
+    small = server.data("/small.bin")
     for _ in range(20):  # another reader goes on meanwhile
         assert fs.cat_file(f"{server.url}/small.bin") == small
     reader.join(50)

@@ -3,6 +3,7 @@ a disk tier."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import MutableMapping
 from typing import Any
@@ -36,31 +37,53 @@ class MappingBackend(Backend):
     and safe sharing between processes (the index lives in this process; at start it
     counts every value already there as one full page without reading it).
 
-    Thread-safety: one lock serialises every call into the mapping, which zict mappings
-    need; the mapping's own I/O therefore runs under that lock.
+    Thread-safety: one lock guards the index (a cachetools LRU, which is not
+    thread-safe), held for its bookkeeping only. Calls into the mapping run outside it:
+    concurrently for a mapping that is thread-safe (``thread_safe=True``; by default
+    ``dict`` and zict's mappings, which are since zict 3.0), else one at a time under a
+    second lock that only those calls take. The mapping is the truth: an index entry
+    whose value is gone is a miss, forgotten when found.
     """
 
     def __init__(
-        self, mapping: MutableMapping[str, bytes], block_size: int | str, limit: int | str
+        self,
+        mapping: MutableMapping[str, bytes],
+        block_size: int | str,
+        limit: int | str,
+        thread_safe: bool | None = None,
     ) -> None:
-        """``block_size`` and ``limit`` in bytes, or size strings (``"10GiB"``)."""
+        """``block_size`` and ``limit`` in bytes, or size strings (``"10GiB"``);
+        ``thread_safe``: whether the mapping may be called from several threads at once
+        (None: true for ``dict`` and zict's mappings)."""
+        if thread_safe is None:
+            thread_safe = type(mapping) is dict or type(mapping).__module__.startswith("zict")
+        elif not isinstance(thread_safe, bool):
+            raise TypeError(f"thread_safe={thread_safe!r} must be True, False or None")
         self.mapping = mapping
         self.block_size = parse_size(block_size, "block_size", minimum=4096)
         self.limit = limit = parse_size(limit, "limit")
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the index
+        self._calls = contextlib.nullcontext() if thread_safe else threading.Lock()
         self._index = PageIndex(limit)
+        culled = []
         for name in list(mapping):
             if name.endswith(".page"):
-                self._track(name, HEADER_SIZE + self.block_size)
+                culled += self._track(name, HEADER_SIZE + self.block_size)
+        self._drop(culled)
 
     def _name(self, key: PageKey) -> str:
         return f"{key.file_id}.{key.version}.{self.block_size:x}.{key.index:x}.page"
 
-    def _track(self, name: str, size: int) -> None:
-        """Record ``name`` in the index and delete what it culls. Caller holds the lock."""
+    def _track(self, name: str, size: int) -> list[str]:
+        """Record ``name`` in the index; the names it culls, to drop from the mapping.
+        Caller holds the index lock."""
         self._index[name] = size
-        for culled, _ in self._index.take_culled():
-            self.mapping.pop(culled, None)
+        return [culled for culled, _ in self._index.take_culled()]
+
+    def _drop(self, names: list[str]) -> None:
+        with self._calls:
+            for name in names:
+                self.mapping.pop(name, None)
 
     def holds(self, key: PageKey) -> bool:
         with self._lock:
@@ -68,14 +91,14 @@ class MappingBackend(Backend):
 
     def load_page(self, key: PageKey) -> bytes | None:
         name = self._name(key)
+        with self._calls:
+            blob = self.mapping.get(name)
         with self._lock:
-            try:
-                blob = self.mapping[name]
-            except KeyError:
+            if blob is None:
                 self._index.pop(name, None)
                 return None
             if name in self._index:
-                self._index[name]
+                self._index[name]  # most recently used
         try:
             return decode_page(bytes(blob), key, self.block_size)
         except OSError:
@@ -85,48 +108,54 @@ class MappingBackend(Backend):
     def store_page(self, key: PageKey, data: PageBuffer) -> None:
         name = self._name(key)
         blob = encode_page(key, self.block_size, data)
-        with self._lock:
+        with self._calls:
             self.mapping[name] = blob
-            self._track(name, len(blob))
+        with self._lock:
+            culled = self._track(name, len(blob))
+        self._drop(culled)
 
     def discard_page(self, key: PageKey) -> None:
         name = self._name(key)
         with self._lock:
             self._index.pop(name, None)
-            self.mapping.pop(name, None)
+        self._drop([name])
 
     def load_meta(self, file_id: str) -> dict[str, Any] | None:
-        with self._lock:
+        with self._calls:
             blob = self.mapping.get(f"{file_id}.meta")
         return decode_meta(bytes(blob), file_id) if blob is not None else None
 
     def store_meta(self, file_id: str, meta: dict[str, Any]) -> None:
         blob = encode_meta(meta)
-        with self._lock:
+        with self._calls:
             self.mapping[f"{file_id}.meta"] = blob
 
     def invalidate(self, file_id: str, keep_version: str | None = None) -> int:
         keep = f"{file_id}.{keep_version}." if keep_version is not None else None
-        with self._lock:
+        with self._calls:
             doomed = [
                 name
-                for name in self.mapping
+                for name in list(self.mapping)
                 if name.startswith(file_id + ".")
                 and name.endswith(".page")
                 and (keep is None or not name.startswith(keep))
             ]
+        with self._lock:
             for name in doomed:
                 self._index.pop(name, None)
-                self.mapping.pop(name, None)
-            if keep_version is None:
-                self.mapping.pop(f"{file_id}.meta", None)
+        if keep_version is None:
+            doomed_meta = [f"{file_id}.meta"]
+            self._drop(doomed + doomed_meta)
+        else:
+            self._drop(doomed)
         return len(doomed)
 
     def clear(self) -> None:
         with self._lock:
-            for name in list(self.mapping):
-                self.mapping.pop(name, None)
             self._index.forget_all()
+        with self._calls:
+            names = list(self.mapping)
+        self._drop(names)
 
     def usage(self) -> DiskUsage:
         with self._lock:
