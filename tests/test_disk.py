@@ -924,27 +924,28 @@ def test_writeback_workers_yield_the_cpu_to_readers(server: RangeServer, cache_d
     assert fs.flush(30) and fs.disk_usage().pages == len(range(0, 3 * MiB + 12345, BS))
 
 
-def record_disk_looks(backend: Any) -> list[int]:
-    """The page indices ``backend`` looks for in its segment files, from now on."""
+def record_disk_looks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The page indices looked for in segment files from now on (the file-I/O module's
+    reads of slots)."""
     looked: list[int] = []
-    read_slots = backend._read_slots
+    read_slots = segmentio.read_slots
 
-    def recording(fd: int, wanted: list[tuple[int, netcache.page.PageKey]], whole: bool) -> object:
+    def recording(fd: int, wanted: list[tuple[int, netcache.page.PageKey]], *args: Any) -> Any:
         looked.extend(key.index for _, key in wanted)
-        return read_slots(fd, wanted, whole)
+        return read_slots(fd, wanted, *args)
 
-    backend._read_slots = recording
+    monkeypatch.setattr(segmentio, "read_slots", recording)
     return looked
 
 
 def test_a_cold_read_of_a_new_file_does_not_look_for_its_pages_on_disk(
-    server: RangeServer, cache_dir: str
+    server: RangeServer, cache_dir: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     url = f"{server.url}/big.bin"
     data = server.data("/big.bin")
     pages = len(range(0, len(data), BS))
     fs = http_fs(cache_dir, check_interval=None, readahead=False)
-    opened = record_disk_looks(fs.context.backend)
+    opened = record_disk_looks(monkeypatch)
     assert fs.cat_file(url) == data and fs.flush(30)
     assert opened == []  # its folder is new: no page file can be there but ours
     assert fs.reclaim(len(data)) >= len(data)  # every page stored: all released
@@ -993,7 +994,7 @@ def test_a_folder_is_known_as_ours_before_another_worker_fills_it(
     meta.start()
     assert in_mkdir.wait(10)
     backend.store_pages([(keys[0], payload(BS, 1))])  # a second worker, pages of that file
-    looked = record_disk_looks(backend)
+    looked = record_disk_looks(monkeypatch)
     # pages this process never stored in a folder it made are a miss without a look
     assert backend.load_pages(keys[1:]) == {} and looked == []
     meta.join(10)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import stat
 import threading
 import time
 from collections.abc import Sequence
@@ -17,12 +16,9 @@ from typing import Any
 from netcache.backends import segmentio
 from netcache.backends.base import (
     HEADER_SIZE,
-    MAGIC,
     MAX_META_BYTES,
     Backend,
     DiskUsage,
-    check_header,
-    check_payload,
     decode_meta,
     encode_meta,
     page_header,
@@ -35,13 +31,11 @@ from netcache.backends.segmentio import (
     clear_header,
     pwrite_all,
     slots_at,
-    vectored_all,
-    writer_gone,
 )
 from netcache.backends.segments import (
     LAYOUT,
     META_NAME,
-    TMP_PREFIX,
+    Layout,
     file_folder,
     free_slots,
     parse_segment_name,
@@ -49,11 +43,10 @@ from netcache.backends.segments import (
     segment_pages,
     segment_path,
     segment_suffix,
-    slots_in,
     spans,
     table_size,
 )
-from netcache.buffers import PageBuffer, blank_page_buffer
+from netcache.buffers import PageBuffer
 from netcache.errors import CorruptMetadataError, CorruptPageError, UntrustedFolderError
 from netcache.page import PageKey
 from netcache.warnonce import WarnOnce
@@ -140,6 +133,7 @@ class DirectoryBackend(Backend):
         self._table = table_size(self.segment_pages)
         self.store_batch_pages = max(1, min(self.segment_pages, STORE_BATCH_BYTES // block_size))
         self._suffix = segment_suffix(block_size, self.segment_pages)
+        self.layout = Layout(block_size, self.segment_pages, self._table)
         self.index = SegmentIndex(limit, block_size, self.segment_pages, self._table)
         self._folders = Folders(self.folder, self.index.note_created)
         self._direct = DirectWrites(block_size)
@@ -233,7 +227,7 @@ class DirectoryBackend(Backend):
                 loaded[key] = CorruptPageError(f"page {key.index}: segment unreadable: {exc!r}")
             return
         try:
-            pages, held, st = self._read_slots(fd, wanted, whole_table)
+            pages, held, st = segmentio.read_slots(fd, wanted, whole_table, self.layout)
             found = 0
             for slot, key in wanted:
                 data = pages.get(slot)
@@ -255,61 +249,6 @@ class DirectoryBackend(Backend):
             os.close(fd)
         _, _, culled = self.index.add_slots(rel, held | found)
         self._unlink_culled(culled)
-
-    def _read_slots(
-        self, fd: int, wanted: list[tuple[int, PageKey]], whole_table: bool
-    ) -> tuple[dict[int, PageBuffer | OSError], int, os.stat_result | None]:
-        """The pages in ``wanted``'s slots (in order), each checked (or the error that
-        makes it unusable; slots holding no page are left out); a mask of the slots the
-        table says are written (the whole table, if asked); the segment's stat."""
-        first, last = (0, self.segment_pages - 1) if whole_table else (wanted[0][0], wanted[-1][0])
-        try:
-            table = os.pread(fd, (last - first + 1) * HEADER_SIZE, first * HEADER_SIZE)
-        except OSError as exc:  # one error for the segment (clearing it removes it)
-            return {wanted[0][0]: exc}, 0, None
-        held = slots_in(table, self.segment_pages) if whole_table else 0
-        headers: list[tuple[int, PageKey, bytes, int]] = []
-        pages: dict[int, PageBuffer | OSError] = {}
-        st: os.stat_result | None = None
-        for slot, key in wanted:
-            header = table[(slot - first) * HEADER_SIZE : (slot - first + 1) * HEADER_SIZE]
-            if len(header) < HEADER_SIZE or not header.startswith(MAGIC):
-                continue
-            try:
-                length = check_header(header, key, self.block_size)
-                if st is None:
-                    st = os.fstat(fd)
-                if st.st_size < self._table + slot * self.block_size + length:
-                    raise CorruptPageError(f"page {key.index}: segment truncated")
-            except OSError as exc:
-                pages[slot] = exc
-                continue
-            headers.append((slot, key, header, length))
-        for run in runs(headers, ends_run=lambda item: item[3] != self.block_size):
-            self._read_run(fd, run, pages)
-        return pages, held, st
-
-    def _read_run(self, fd: int, run: list[tuple[int, PageKey, bytes, int]],
-                  pages: dict[int, PageBuffer | OSError]) -> None:  # fmt: skip
-        """Pages of adjacent slots (whole pages but the last), read with one call into
-        buffers of their own, each then checked against its header."""
-        buffers = [blank_page_buffer(size) for *_, size in run]
-        at = self._table + run[0][0] * self.block_size
-        try:
-            complete = vectored_all(os.preadv, fd, buffers, at)
-        except OSError as exc:
-            for slot, *_ in run:
-                pages[slot] = exc
-            return
-        for (slot, key, header, _), data in zip(run, buffers, strict=True):
-            try:
-                if not complete:
-                    raise CorruptPageError(f"page {key.index}: segment changed while read")
-                check_payload(header, key, data)
-            except CorruptPageError as exc:
-                pages[slot] = exc
-                continue
-            pages[slot] = data
 
     def store_page(self, key: PageKey, data: PageBuffer) -> None:
         self.store_pages([(key, data)])
@@ -472,33 +411,6 @@ class DirectoryBackend(Backend):
                            "could not be removed (%r); it is culled again after the next "
                            "rescan", self.folder.root, exc)  # fmt: skip
 
-    def _listed(self, folder: str, name: str, dir_fd: int) -> tuple[float, str, int, int] | None:
-        """A rescan's entry for file ``name`` of ``folder``: (mtime, segment, bytes,
-        slots), or None for what is not a segment. Dead writers' temporaries go, and so
-        does anything named like a segment that is not a regular file (a link, a FIFO)."""
-        try:
-            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-        except OSError:
-            return None
-        parsed = parse_segment_name(name)
-        if name.startswith(TMP_PREFIX):
-            stale = time.time() - st.st_mtime > _STALE_TMP_SECONDS
-            if writer_gone(name) or stale or not stat.S_ISREG(st.st_mode):
-                remove_at(dir_fd, name)
-            return None
-        if parsed is None:
-            return None
-        if not stat.S_ISREG(st.st_mode):
-            remove_at(dir_fd, name)
-            return None
-        rel = f"{folder}/{name}" if folder else name
-        # segments of another layout (block size, pages per segment) take room too
-        # (their allocated blocks), but hold no page this process can read
-        if parsed[1:3] != (self.block_size, self.segment_pages):
-            return st.st_mtime, rel, st.st_blocks * 512, 0
-        mask = slots_at(self.folder, dir_fd, name, parsed[2])
-        return st.st_mtime, rel, self.index.segment_bytes(mask), mask
-
     def _rescan(self) -> None:
         """Rebuild the index from the folder (least recently used first, by mtime), cull
         it to the limit, and remove temporaries of dead writers."""
@@ -506,7 +418,8 @@ class DirectoryBackend(Backend):
         self.index.start_listing()
         for folder, names, dir_fd in self.folder.walk():
             for name in names:
-                entry = self._listed(folder, name, dir_fd)
+                entry = segmentio.listed(self.folder, folder, name, dir_fd, self.layout,
+                                         self.index.segment_bytes)  # fmt: skip
                 if entry is not None:
                     found.append(entry)
         self._unlink_culled(self.index.rebuild(found))

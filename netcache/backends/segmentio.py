@@ -12,15 +12,19 @@ import itertools
 import mmap
 import os
 import secrets
+import stat
 import threading
+import time
 from collections.abc import Callable, Sequence
 
 import psutil
 
-from netcache.backends.base import HEADER_SIZE
+from netcache.backends.base import HEADER_SIZE, MAGIC, check_header, check_payload
 from netcache.backends.folder import CacheFolder, remove_at
-from netcache.backends.segments import TMP_PREFIX, slots_in
-from netcache.buffers import PageBuffer, empty_page_buffer
+from netcache.backends.segments import TMP_PREFIX, Layout, parse_segment_name, runs, slots_in
+from netcache.buffers import PageBuffer, blank_page_buffer, empty_page_buffer
+from netcache.errors import CorruptPageError
+from netcache.page import PageKey
 
 #: Bytes a hint copies at a time where it cannot use sendfile (into a buffer of each
 #: read-ahead thread's).
@@ -29,6 +33,8 @@ O_DIRECT: int = getattr(os, "O_DIRECT", 0)
 #: What O_DIRECT asks of offsets and lengths (the logical block size of the devices in
 #: use, 512 or 4096); page buffers are mappings, so their addresses are aligned too.
 DIRECT_ALIGN = 4096
+#: Seconds after which a temporary is removed by a rescan, whoever wrote it.
+STALE_TMP_SECONDS = 3600.0
 #: Folders a process remembers having created, at most (forgetting one only costs
 #: opening files that are not there).
 MAX_CREATED = 1 << 16
@@ -295,3 +301,91 @@ class Folders:
                 with self._lock:
                     del self._making[folder]
                 making.set()
+
+
+def read_slots(
+    fd: int, wanted: list[tuple[int, PageKey]], whole_table: bool, layout: Layout
+) -> tuple[dict[int, PageBuffer | OSError], int, os.stat_result | None]:
+    """The pages in ``wanted``'s slots (in order) of the segment open at ``fd``, each
+    checked (or the error that makes it unusable; slots holding no page are left out);
+    a mask of the slots the table says are written (the whole table, if asked); the
+    segment's stat."""
+    bs = layout.block_size
+    first, last = (0, layout.pages - 1) if whole_table else (wanted[0][0], wanted[-1][0])
+    try:
+        table = os.pread(fd, (last - first + 1) * HEADER_SIZE, first * HEADER_SIZE)
+    except OSError as exc:  # one error for the segment (clearing it removes it)
+        return {wanted[0][0]: exc}, 0, None
+    held = slots_in(table, layout.pages) if whole_table else 0
+    headers: list[tuple[int, PageKey, bytes, int]] = []
+    pages: dict[int, PageBuffer | OSError] = {}
+    st: os.stat_result | None = None
+    for slot, key in wanted:
+        header = table[(slot - first) * HEADER_SIZE : (slot - first + 1) * HEADER_SIZE]
+        if len(header) < HEADER_SIZE or not header.startswith(MAGIC):
+            continue
+        try:
+            length = check_header(header, key, bs)
+            if st is None:
+                st = os.fstat(fd)
+            if st.st_size < layout.table + slot * bs + length:
+                raise CorruptPageError(f"page {key.index}: segment truncated")
+        except OSError as exc:
+            pages[slot] = exc
+            continue
+        headers.append((slot, key, header, length))
+    for run in runs(headers, ends_run=lambda item: item[3] != bs):
+        _read_run(fd, run, pages, layout)
+    return pages, held, st
+
+
+def _read_run(fd: int, run: list[tuple[int, PageKey, bytes, int]],
+              pages: dict[int, PageBuffer | OSError], layout: Layout) -> None:  # fmt: skip
+    """Pages of adjacent slots (whole pages but the last), read with one call into
+    buffers of their own, each then checked against its header."""
+    buffers = [blank_page_buffer(size) for *_, size in run]
+    at = layout.table + run[0][0] * layout.block_size
+    try:
+        complete = vectored_all(os.preadv, fd, buffers, at)
+    except OSError as exc:
+        for slot, *_ in run:
+            pages[slot] = exc
+        return
+    for (slot, key, header, _), data in zip(run, buffers, strict=True):
+        try:
+            if not complete:
+                raise CorruptPageError(f"page {key.index}: segment changed while read")
+            check_payload(header, key, data)
+        except CorruptPageError as exc:
+            pages[slot] = exc
+            continue
+        pages[slot] = data
+
+
+def listed(folder: CacheFolder, rel_folder: str, name: str, dir_fd: int, layout: Layout,
+           segment_bytes: Callable[[int], int]) -> tuple[float, str, int, int] | None:  # fmt: skip
+    """A rescan's entry for file ``name`` of ``rel_folder``: (mtime, segment, bytes,
+    slots), or None for what is not a segment. Dead writers' temporaries go, and so
+    does anything named like a segment that is not a regular file (a link, a FIFO)."""
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError:
+        return None
+    parsed = parse_segment_name(name)
+    if name.startswith(TMP_PREFIX):
+        stale = time.time() - st.st_mtime > STALE_TMP_SECONDS
+        if writer_gone(name) or stale or not stat.S_ISREG(st.st_mode):
+            remove_at(dir_fd, name)
+        return None
+    if parsed is None:
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        remove_at(dir_fd, name)
+        return None
+    rel = f"{rel_folder}/{name}" if rel_folder else name
+    # segments of another layout (block size, pages per segment) take room too
+    # (their allocated blocks), but hold no page this process can read
+    if parsed[1:3] != (layout.block_size, layout.pages):
+        return st.st_mtime, rel, st.st_blocks * 512, 0
+    mask = slots_at(folder, dir_fd, name, parsed[2])
+    return st.st_mtime, rel, segment_bytes(mask), mask

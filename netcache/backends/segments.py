@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import mmap
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from netcache.backends.base import HEADER_SIZE, MAGIC
 
@@ -24,6 +24,15 @@ TMP_PREFIX = ".tmp."
 MAX_SEGMENT_PAGES = 64
 
 _Slotted = TypeVar("_Slotted", bound=tuple[Any, ...])  # an item whose first field is a slot
+
+
+class Layout(NamedTuple):
+    """The shape of a folder's segments: page size, pages per segment, and the bytes of
+    the header table before the first page."""
+
+    block_size: int
+    pages: int
+    table: int
 
 
 def segment_pages(block_size: int, limit: int) -> int:
