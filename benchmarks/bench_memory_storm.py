@@ -28,39 +28,45 @@ from typing import Any
 MiB = 1 << 20
 
 
-def child(opts: argparse.Namespace) -> None:
+def _make_fs(opts: argparse.Namespace) -> tuple[Any, Any]:
+    """The cache under test, and netcache's monitor (None for blockcache)."""
     import fsspec
-    import psutil
 
-    proc = psutil.Process()
-    url = f"{opts.url}/big.bin"
-    monitor = None
-    if opts.cache == "netcache":
-        import netcache
-
-        monitor = netcache.MemoryPressureMonitor(1 << 40, interval=0.05, autostart=False)
-        fs = netcache.NetCacheFileSystem(target_protocol="http", cache_dir=opts.folder,
-                                         memory_limit="2GiB", check_interval=None,
-                                         memory_monitor=monitor)  # fmt: skip
-    else:
+    if opts.cache != "netcache":
         fs = fsspec.filesystem("blockcache", target_protocol="http", cache_storage=opts.folder)
-    stop = threading.Event()
-    done = [0]
+        return fs, None
+    import netcache
 
-    def reader(seed: int) -> None:
+    monitor = netcache.MemoryPressureMonitor(1 << 40, interval=0.05, autostart=False)
+    fs = netcache.NetCacheFileSystem(target_protocol="http", cache_dir=opts.folder,
+                                     memory_limit="2GiB", check_interval=None,
+                                     memory_monitor=monitor)  # fmt: skip
+    return fs, monitor
+
+
+class _Readers:
+    """``opts.readers`` threads reading random MiB of ``url`` until stopped."""
+
+    def __init__(self, fs: Any, url: str, count: int) -> None:
+        self.fs, self.url, self.count = fs, url, count
+        self.stop = threading.Event()
+        self.done = 0
+
+    def _read(self, seed: int) -> None:
         import random
 
         rng = random.Random(seed)
-        with fs.open(url, "rb") as f:
-            size = fs.size(url)
-            while not stop.is_set():
+        with self.fs.open(self.url, "rb") as f:
+            size = self.fs.size(self.url)
+            while not self.stop.is_set():
                 f.seek(rng.randrange(0, size - MiB))
-                done[0] += len(f.read(MiB))
+                self.done += len(f.read(MiB))
 
-    def run_readers(seconds: float, during: Any = None) -> tuple[float, int]:
-        stop.clear()
-        done[0] = 0
-        threads = [threading.Thread(target=reader, args=(i,)) for i in range(opts.readers)]
+    def run(self, seconds: float, during: Any = None) -> tuple[float, int]:
+        """MiB/s read over ``seconds`` (while ``during(seconds)`` runs), and threads hung."""
+        self.stop.clear()
+        self.done = 0
+        threads = [threading.Thread(target=self._read, args=(i,)) for i in range(self.count)]
         started = time.perf_counter()
         for t in threads:
             t.start()
@@ -68,29 +74,21 @@ def child(opts: argparse.Namespace) -> None:
             during(seconds)
         else:
             time.sleep(seconds)
-        stop.set()
+        self.stop.set()
         hung = 0
         for t in threads:
             t.join(timeout=30)
             hung += t.is_alive()
-        return done[0] / MiB / (time.perf_counter() - started), hung
+        return self.done / MiB / (time.perf_counter() - started), hung
 
-    # warm the cache (the file lands in memory / in blockcache's mmap), then a calm pass
-    with fs.open(url, "rb") as f:
-        while f.read(8 * MiB):
-            pass
-    calm, hung_calm = run_readers(opts.seconds)
-    limit = proc.memory_info().rss + opts.headroom_mib * MiB
-    moderate, target = 0.80 * limit, 0.70 * limit
-    if monitor is not None:
-        monitor.limit = limit
-        monitor.start()
-    samples: list[tuple[float, int, bool]] = []
-    reclaimed: list[int] = []  # netcache's bytes reclaimed under pressure, per sample
+
+def _storm(opts: argparse.Namespace, readers: _Readers, monitor: Any, proc: Any,
+           samples: list[tuple[float, int, bool]], reclaimed: list[int]) -> Any:  # fmt: skip
+    """The storm: ballast held and let go in turns, RSS sampled every 10 ms."""
     holding = [False]
 
     def sampler() -> None:
-        while not stop.is_set():
+        while not readers.stop.is_set():
             samples.append((time.perf_counter(), proc.memory_info().rss, holding[0]))
             if monitor is not None:
                 reclaimed.append(monitor.gauges().get("pressure.rbytes", 0))
@@ -107,10 +105,16 @@ def child(opts: argparse.Namespace) -> None:
             holding[0] = False
             del ballast
             time.sleep(0.7)
-        stop.set()
+        readers.stop.set()
         s.join()
 
-    stormy, hung_storm = run_readers(opts.seconds, storm)
+    return storm
+
+
+def _latencies(
+    samples: list[tuple[float, int, bool]], moderate: float, target: float
+) -> list[float]:
+    """Per ballast episode, ms from RSS crossing ``moderate`` to falling under ``target``."""
     latencies: list[float] = []
     over, settled = None, False  # one latency per ballast episode at most
     for t, rss, held in samples:
@@ -121,15 +125,38 @@ def child(opts: argparse.Namespace) -> None:
         elif over is not None and rss < target:
             latencies.append((t - over) * 1000)
             over, settled = None, True
+    return latencies
+
+
+def child(opts: argparse.Namespace) -> None:
+    import psutil
+
+    proc = psutil.Process()
+    url = f"{opts.url}/big.bin"
+    fs, monitor = _make_fs(opts)
+    readers = _Readers(fs, url, opts.readers)
+    # warm the cache (the file lands in memory / in blockcache's mmap), then a calm pass
+    with fs.open(url, "rb") as f:
+        while f.read(8 * MiB):
+            pass
+    calm, hung_calm = readers.run(opts.seconds)
+    limit = proc.memory_info().rss + opts.headroom_mib * MiB
+    fractions = {"moderate": 0.80, "high": 0.90, "critical": 0.95, "target": 0.70}
+    if monitor is not None:
+        monitor.limit = limit
+        monitor.start()
+    samples: list[tuple[float, int, bool]] = []
+    reclaimed: list[int] = []  # netcache's bytes reclaimed under pressure, per sample
+    storm = _storm(opts, readers, monitor, proc, samples, reclaimed)
+    stormy, hung_storm = readers.run(opts.seconds, storm)
     stats = fs.stats().as_dict() if opts.cache == "netcache" else {}
     t0 = samples[0][0] if samples else 0.0
     reclaims = [samples[i][0] - t0 for i in range(1, len(reclaimed))
                 if reclaimed[i] > reclaimed[i - 1]]  # fmt: skip
-    fractions = {"moderate": 0.80, "high": 0.90, "critical": 0.95, "target": 0.70}
     print(json.dumps({
         "calm": calm, "storm": stormy, "hangs": hung_calm + hung_storm,
         "peak_over_mib": max(0, max(r for _, r, _ in samples) - limit) / MiB,
-        "latencies": latencies,
+        "latencies": _latencies(samples, 0.80 * limit, 0.70 * limit),
         "episodes": sum(1 for i, (_, _, held) in enumerate(samples)
                         if held and (i == 0 or not samples[i - 1][2])),
         "vmscan": {k.split(".")[1]: v for k, v in stats.items() if k.startswith("vmscan.")},

@@ -7,8 +7,8 @@ mostly stays in the process. ``trim_heap`` returns what transient buffers (netwo
 reads) left on the heap, after a reclaim.
 
 A few buffers of dropped pages are kept for the next pages (``recycle``): a fresh
-mapping costs its page faults and zeroing (60-100 us per 128 KiB on the 2-core VM the
-benchmarks run on), a reused one only the copy (~12 us). That is what a cache streaming
+mapping costs its page faults and zeroing, several times what a reused one costs, the
+copy alone (``docs/measurements.md``). That is what a cache streaming
 more than its ``memory_limit`` does all the time: each page admitted evicts one.
 """
 
@@ -27,7 +27,7 @@ from netcache.errors import ShortReadError
 PageBuffer = bytes | bytearray | mmap.mmap | memoryview
 
 # MAP_POPULATE faults the whole page in with the mmap call, which is cheaper than one
-# fault per 4 KiB on first write (about 20% faster fills here).
+# fault per 4 KiB on first write.
 _FLAGS = mmap.MAP_PRIVATE | getattr(mmap, "MAP_POPULATE", 0)
 
 

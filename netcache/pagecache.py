@@ -134,7 +134,7 @@ class PageCache:
     ) -> list[Page] | None:
         """Pages ``first..last`` of one file version if every one is resident (touched and
         counted as memory hits), else None with nothing touched: the hot path of a warm
-        read, where every statement counts (a 64 KiB hit costs about twice its copy)."""
+        read, where every statement counts (a hit's bookkeeping costs as much as its copy)."""
         get = self._pages.get
         if last - first >= len(self._pages):  # more pages than are resident: a miss, at once
             return None

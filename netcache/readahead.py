@@ -39,9 +39,7 @@ class Readahead:
     twofold, up to ``max_bytes``; any other read resets it, so random access fetches
     nothing ahead. ``advise`` returns the pages not yet asked for, once there are
     ``batch_bytes`` of them (or the rest of the file); ``request_pages`` says how many to
-    ask for in each request. At 20 ms per request, a 16 MiB file read 1 MiB at a time
-    came in 1.32x faster than with a window that started at 4 pages and doubled, in
-    requests of 8 MiB (medians of 4 alternated runs).
+    ask for in each request (why these shapes: ``docs/measurements.md``).
     Not thread-safe: it belongs to one file object, which has one position.
     """
 
@@ -98,7 +96,7 @@ class Readahead:
 
 #: Threads that fetch ahead of sequential readers, and the bytes each request carries
 #: at most: larger requests go faster, and fewer threads contend less for few cores
-#: (benchmarks/results/).
+#: (docs/measurements.md).
 READAHEAD_WORKERS = 4
 READAHEAD_CHUNK_BYTES = 8 << 20
 #: Read-ahead bytes in flight at once, per cache, at most (and an eighth of its memory

@@ -24,9 +24,8 @@ logger = logging.getLogger("netcache")
 _MAX_OWN_RUNS = 64
 
 #: Niceness of the worker threads (on Linux each thread has its own): stores are
-#: background work and yield the CPU to readers, fetches and the event loop. On 2 cores
-#: (one file per page then), cold sequential reads with the disk tier went from 0.52 to
-#: 0.66 of a memory-only cache's rate (medians of 5), nice 10 gave 0.59.
+#: background work and yield the CPU to readers, fetches and the event loop (what it
+#: gave readers: docs/measurements.md).
 WORKER_NICENESS = 19
 
 
@@ -52,9 +51,9 @@ class WritebackQueue:
 
     A file's metadata (``submit_meta``) is queued too, ahead of pages, the latest per
     file replacing one not yet written, and written one at a time: opening a new file
-    does not wait for the disk tier's folders and renames (about 0.5 ms here, several
-    ms while the disk is busy). ``cancel_file`` drops a file's queued metadata and waits
-    for a write of it under way, so that an invalidation has the last word on disk.
+    does not wait for the disk tier's folders and renames. ``cancel_file`` drops a
+    file's queued metadata and waits for a write of it under way, so that an
+    invalidation has the last word on disk.
 
     Locking: one condition variable guards the queues, every page's ``state`` and the
     pending byte count. Workers hold it only to take a job and to finish one, never
@@ -63,13 +62,13 @@ class WritebackQueue:
     Workers: one from the first store; another (up to ``workers``) each time a producer
     finds the queue over its share, that is when the disk tier falls behind (a worker is
     started after the lock is let go). Two from the start cost readers CPU where one
-    keeps up (measured before throttling: ``benchmarks/results/`` and the history).
+    keeps up.
 
     Workers run at the lowest CPU priority (``WORKER_NICENESS``, Linux): when the CPUs
     are busy, readers run first and stores wait (the queue fills, and producers then
     store runs themselves, at their own priority). A worker preempted while it holds the
     GIL delays Python threads until it runs again; measured, the trade is still a gain
-    for readers (see the constant).
+    for readers (``docs/measurements.md``).
 
     Implements :class:`~netcache.policies.release.StoreControl` for release policies.
     """

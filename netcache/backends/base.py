@@ -166,7 +166,7 @@ class Backend(ABC):
 # A page's header: in a segment's table (DirectoryBackend), or before the page's bytes
 # in one value (MappingBackend). The header names the page it holds, so a page in the
 # wrong place is caught like a corrupt one. The checksum is CRC32C,
-# which CPUs compute in hardware (about 9x zlib's CRC32 here), as mountpoint-s3 and
+# which CPUs compute in hardware (several times zlib's CRC32), as mountpoint-s3 and
 # JuiceFS do: checking every page on every read costs next to nothing.
 _HEADER = struct.Struct("<4sB3xQQQI4x16s16s")
 MAGIC = b"NCPG"

@@ -53,7 +53,7 @@ from netcache.warnonce import WarnOnce
 
 #: Bytes a store call writes at most (adjacent pages of a segment, one open and two
 #: writes for all): fewer calls per page are most of the write-back's CPU
-#: (benchmarks/results/disk_costs.md).
+#: (docs/measurements.md).
 STORE_BATCH_BYTES = 4 << 20
 _DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 _STALE_TMP_SECONDS = 3600.0

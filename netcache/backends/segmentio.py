@@ -52,7 +52,7 @@ def read_through(fd: int, start: int, length: int) -> None:
 
     ``sendfile`` to /dev/null reads them through the page cache, with the kernel's
     sequential read-ahead in large folios, and copies nothing out (measured against a
-    copy into a buffer in benchmarks/results/disk_hints.md). /dev/null is opened for
+    copy into a buffer in docs/measurements.md). /dev/null is opened for
     each hint: a descriptor kept open could be closed and its number reused for another
     file (a daemon closing every descriptor after a fork), which the hint would then
     write into. Where sendfile is refused, the bytes are copied into a buffer."""
