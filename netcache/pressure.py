@@ -57,13 +57,19 @@ def default_limit() -> int:
 
 
 def _cgroup_limit() -> int | None:
-    paths = ["/sys/fs/cgroup/memory/memory.limit_in_bytes"]  # v1
+    """This process's cgroup memory limit (v2 ``memory.max``, or v1's
+    ``memory.limit_in_bytes`` of its own memory cgroup, else the mount's root), or
+    None where there is none."""
+    paths = ["/sys/fs/cgroup/memory/memory.limit_in_bytes"]  # v1, seen from a namespace
     try:
         with open("/proc/self/cgroup") as f:
             for line in f:
-                if line.startswith("0::"):  # v2
-                    paths.insert(0, f"/sys/fs/cgroup{line[3:].strip()}/memory.max")
-    except OSError:
+                _, controllers, path = line.rstrip("\n").split(":", 2)
+                if controllers == "":  # v2
+                    paths.insert(0, f"/sys/fs/cgroup{path}/memory.max")
+                elif "memory" in controllers.split(","):  # v1: this process's own group
+                    paths.insert(0, f"/sys/fs/cgroup/memory{path}/memory.limit_in_bytes")
+    except (OSError, ValueError):  # no cgroups here: no limit from them
         pass
     for path in paths:
         try:

@@ -203,3 +203,27 @@ def test_pressure_storm(tmp_path) -> None:  # type: ignore[no-untyped-def]
         for name, data in files.items():  # and every byte still right afterwards
             assert fs.cat_file(f"{srv.url}/{name}") == data
     assert monitor.level in PressureLevel
+
+
+def test_the_default_limit_is_this_process_own_cgroup_limit() -> None:
+    """Under a cgroup v1 memory limit of its own (as a container, a batch job or systemd
+    gives), the monitor's default limit is that limit, not the machine's RAM."""
+    import subprocess
+    import sys
+    import uuid
+
+    root = "/sys/fs/cgroup/memory"
+    if not os.access(root, os.W_OK) or not os.path.exists(f"{root}/memory.limit_in_bytes"):
+        pytest.skip("needs a writable cgroup v1 memory hierarchy (root)")
+    group = f"{root}/netcache-test-{uuid.uuid4().hex[:8]}"
+    os.mkdir(group)
+    try:
+        with open(f"{group}/memory.limit_in_bytes", "w") as f:
+            f.write(str(3 << 30))
+        code = (f"import os; open('{group}/cgroup.procs', 'w').write(str(os.getpid())); "
+                "from netcache.pressure import default_limit; print(default_limit())")  # fmt: skip
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             check=True, timeout=60)  # fmt: skip
+        assert int(out.stdout) == 3 << 30
+    finally:
+        os.rmdir(group)
