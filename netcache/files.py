@@ -67,28 +67,57 @@ class NetCacheFile(AbstractBufferedFile):
 
 
 class WriteThroughFile(io.RawIOBase):
-    """A file opened for writing on the target; closing it invalidates the cached path.
-
-    Delegates to the target's file method by method. Not thread-safe.
+    """A file opened on the target for writing or update (``"wb"``, ``"ab"``, ``"xb"``,
+    ``"r+b"``, ...): every call goes to the target's file, method by method. The cached
+    pages and version of its path are dropped when the write lands: at ``close`` when
+    it commits itself, at ``commit`` inside a transaction (``discard`` drops nothing:
+    the target never changed). Not thread-safe, as any file.
     """
 
-    def __init__(self, target_file: Any, on_close: Callable[[], None]) -> None:
+    def __init__(self, fs: Any, path: str, mode: str, target_file: Any, autocommit: bool,
+                 on_landed: Callable[[], None]) -> None:  # fmt: skip
         super().__init__()
+        self.fs = fs
+        self.path = path
+        self.mode = mode
+        self.autocommit = autocommit
         self._file = target_file
-        self._on_close = on_close
+        self._on_landed = on_landed
+
+    @property
+    def name(self) -> str:
+        return self.path
+
+    def readable(self) -> bool:
+        return bool(self._file.readable())
 
     def writable(self) -> bool:
         return True
 
+    def seekable(self) -> bool:
+        return bool(self._file.seekable())
+
+    def read(self, size: int = -1) -> bytes:
+        return self._file.read(size)  # type: ignore[no-any-return]
+
+    def readinto(self, buffer: Any) -> int:
+        return self._file.readinto(buffer)  # type: ignore[no-any-return]
+
     def write(self, data: Any) -> int:
-        return self._file.write(data)
+        return self._file.write(data)  # type: ignore[no-any-return]
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self._file.seek(offset, whence)  # type: ignore[no-any-return]
+
+    def tell(self) -> int:
+        return self._file.tell()  # type: ignore[no-any-return]
+
+    def truncate(self, size: int | None = None) -> int:
+        return self._file.truncate(size)  # type: ignore[no-any-return]
 
     def flush(self) -> None:
         if not self._file.closed:
             self._file.flush()
-
-    def tell(self) -> int:
-        return self._file.tell()
 
     def close(self) -> None:
         if self.closed:
@@ -97,4 +126,19 @@ class WriteThroughFile(io.RawIOBase):
             self._file.close()
         finally:
             super().close()
-            self._on_close()
+            if self.autocommit:
+                self._on_landed()
+
+    def commit(self) -> None:
+        """Inside a transaction: the target's file lands; its cached pages go."""
+        try:
+            self._file.commit()
+        finally:
+            self._on_landed()
+
+    def discard(self) -> None:
+        """Inside a transaction that failed: the target's file is dropped unwritten."""
+        self._file.discard()
+
+    def __repr__(self) -> str:
+        return f"<WriteThroughFile {redact_url(self.path)} mode={self.mode!r}>"

@@ -26,7 +26,7 @@ from netcache.context import CacheContext
 from netcache.cookie import FileCookie
 from netcache.files import NetCacheFile, WriteThroughFile
 from netcache.identity import target_identity
-from netcache.passthrough import TargetPassThrough
+from netcache.passthrough import TargetPassThrough, TargetTransaction
 from netcache.policies.eviction import EvictionPolicy
 from netcache.policies.release import PressureLevel, Reason, ReleasePolicy
 from netcache.pressure import MemoryPressureMonitor
@@ -111,6 +111,7 @@ class NetCacheFileSystem(TargetPassThrough, ChainedFileSystem):
 
     protocol = "netcache"
     _strip_tokenize_options = ("fo",)
+    transaction_type = TargetTransaction
 
     def __init__(
         self,
@@ -142,6 +143,14 @@ class NetCacheFileSystem(TargetPassThrough, ChainedFileSystem):
             )
         super().__init__(**storage_options)
         self._target = make_target(fs, target_protocol, target_options)
+
+        def _strip_protocol(path: Any) -> Any:  # the target's paths, as blockcache's
+            stripped = type(self)._strip_protocol(path)
+            if isinstance(stripped, list):
+                return [self.fs._strip_protocol(p) for p in stripped]
+            return self.fs._strip_protocol(stripped)
+
+        self._strip_protocol: Any = _strip_protocol
         self.config = CacheConfig.build(
             cache_dir=cache_dir,
             block_size=block_size,
@@ -209,7 +218,12 @@ class NetCacheFileSystem(TargetPassThrough, ChainedFileSystem):
         return path
 
     def _target_path(self, path: str) -> str:
-        return self.fs._strip_protocol(self._strip_protocol(path))
+        return self.fs._strip_protocol(type(self)._strip_protocol(path))
+
+    def unstrip_protocol(self, name: str) -> str:
+        """A URL that opens ``name`` again through netcache: ``netcache::`` and the
+        target's own URL of it."""
+        return f"netcache::{self.fs.unstrip_protocol(self._target_path(name))}"
 
     # -- reading through pages ---------------------------------------------------------------
 
@@ -221,8 +235,11 @@ class NetCacheFileSystem(TargetPassThrough, ChainedFileSystem):
             cookie = self.reader.pin_version(self._target_path(path), reading=WHOLE)
             return NetCacheFile(self, path, cookie, self.config.block_size)
         tpath = self._target_path(path)
-        self.invalidate(tpath)
-        return WriteThroughFile(self.fs.open(tpath, mode, **kwargs), lambda: self.invalidate(tpath))
+        autocommit = kwargs.pop("autocommit", True)
+        kwargs.pop("block_size", None)  # netcache's page size is not the target's buffer
+        target_file = self.fs.open(tpath, mode, autocommit=autocommit, **kwargs)
+        return WriteThroughFile(self, tpath, mode, target_file, autocommit,
+                                lambda: self.invalidate(tpath))  # fmt: skip
 
     def read_ahead(self, cookie: FileCookie, pages: range, request_pages: int | None = None) -> int:
         """See :meth:`Reader.read_ahead`."""
