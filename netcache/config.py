@@ -127,8 +127,23 @@ class CacheConfig:
             if f.name in ("eviction", "release_policy"):
                 mine, theirs = _policy_name(mine), _policy_name(theirs)
             if mine != theirs:
-                out.append(f"{f.name}={theirs!r} (already in use) and {f.name}={mine!r}")
+                name = "trusted_group" if f.name == "trusted_gid" else f.name
+                out.append(f"{name}={_as_given(f.name, theirs)} (already in use) and "
+                           f"{name}={_as_given(f.name, mine)}")  # fmt: skip
         return out
+
+
+def _as_given(name: str, value: Any) -> str:
+    """A resolved setting as the user would have written it."""
+    if name == "memory_monitor":
+        if value is None:
+            return "False"
+        if getattr(value, "pickled_as", None) is not None:
+            return "None (the process-wide monitor)"
+        return f"MemoryPressureMonitor(limit={value.limit}, ...)"
+    if name == "cache_dir" and value is None:
+        return "False"
+    return repr(value) if not isinstance(value, str) or name == "cache_dir" else value
 
 
 def _cache_dir(cache_dir: Any, block_size: Any, bs: int) -> str | Backend | None:

@@ -3,7 +3,10 @@ one pinned version, and a write-through file on the target."""
 
 from __future__ import annotations
 
+import errno
 import io
+import operator
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -13,6 +16,9 @@ from netcache.cookie import FileCookie
 from netcache.identity import redact_url
 from netcache.readahead import READAHEAD_CHUNK_BYTES, Readahead
 from netcache.reader import Reader
+
+#: ``os.SEEK_DATA`` and ``os.SEEK_HOLE`` where the platform has them.
+_SEEK_DATA_HOLE = tuple(getattr(os, n) for n in ("SEEK_DATA", "SEEK_HOLE") if hasattr(os, n))
 
 
 class NetCacheFile(AbstractBufferedFile):
@@ -36,15 +42,23 @@ class NetCacheFile(AbstractBufferedFile):
             size=cookie.size,
         )
 
-    def read(self, length: int = -1) -> bytes:
-        """Up to ``length`` bytes from the position (all the rest if ``length`` < 0).
+    # -- Python's binary file semantics where fsspec's base class differs ------------------
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise ValueError("I/O operation on closed file.")
+
+    def read(self, length: int | None = -1) -> bytes:
+        """Up to ``length`` bytes from the position (all the rest if ``length`` is -1 or
+        None); any other negative length raises ``ValueError``, as Python's files do.
 
         Replaces fsspec's ``read``, which adds a cache layer (``"none"`` here) and
         formats a debug log line on every call, on the path of every warm read.
         """
-        length = -1 if length is None else int(length)
-        if self.closed:
-            raise ValueError("I/O operation on closed file.")
+        self._check_open()
+        length = -1 if length is None else operator.index(length)
+        if length < -1:
+            raise ValueError("read length must be non-negative or -1")
         start = self.loc
         end = self.size if length < 0 else min(start + length, self.size)
         if start >= end:
@@ -52,6 +66,102 @@ class NetCacheFile(AbstractBufferedFile):
         data = self._fetch_range(start, end)
         self.loc = start + len(data)
         return data
+
+    def read1(self, size: int = -1) -> bytes:
+        """As ``read`` (every read is served whole, so one call is all there is); the
+        size must be an integer, as for Python's files."""
+        return self.read(operator.index(size))  # the size is checked first, as Python's
+
+    def readinto(self, b: Any) -> int:
+        out = memoryview(b).cast("B")
+        data = self.read(out.nbytes)
+        out[: len(data)] = data
+        return len(data)
+
+    def readinto1(self, b: Any) -> int:
+        return self.readinto(b)
+
+    def readline(self, size: int | None = -1) -> bytes:
+        """Up to and including the next ``\\n``, at most ``size`` bytes (all of the line
+        if ``size`` is negative or None)."""
+        self._check_open()
+        size = -1 if size is None else operator.index(size)
+        limit = self.size if size < 0 else min(self.size, self.loc + size)
+        parts: list[bytes] = []
+        pos = self.loc
+        while pos < limit:
+            chunk = self._fetch_range(pos, min(limit, pos + self.blocksize))
+            found = chunk.find(b"\n")
+            if found >= 0:
+                parts.append(chunk[: found + 1])
+                pos += found + 1
+                break
+            parts.append(chunk)
+            pos += len(chunk)
+        self.loc = pos
+        return b"".join(parts)
+
+    def readlines(self, hint: int | None = -1) -> list[bytes]:
+        """Lines until their total size exceeds ``hint`` (all of them if ``hint`` is
+        not positive); ``[]`` at the end of the file."""
+        self._check_open()
+        hint = -1 if hint is None else operator.index(hint)
+        lines: list[bytes] = []
+        total = 0
+        while line := self.readline():
+            lines.append(line)
+            total += len(line)
+            if 0 < hint < total:
+                break
+        return lines
+
+    def __next__(self) -> bytes:
+        line = self.readline()
+        if not line:
+            raise StopIteration
+        return line
+
+    def seek(self, loc: int, whence: int = io.SEEK_SET) -> int:
+        """As a Python file's: an integer offset, ``whence`` 0, 1 or 2, and no position
+        before the start (``OSError`` EINVAL); past the end is allowed."""
+        self._check_open()
+        loc = operator.index(loc)
+        whence = operator.index(whence)
+        if whence == io.SEEK_SET:
+            target = loc
+        elif whence == io.SEEK_CUR:
+            target = self.loc + loc
+        elif whence == io.SEEK_END:
+            target = self.size + loc
+        elif whence in _SEEK_DATA_HOLE:  # as on a regular file, which has no holes
+            if not 0 <= loc < self.size:
+                raise OSError(errno.ENXIO, "No such device or address")
+            target = loc if whence == _SEEK_DATA_HOLE[0] else self.size
+        else:
+            raise ValueError(f"whence value {whence} unsupported")
+        if target < 0:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        self.loc = target
+        return target
+
+    def tell(self) -> int:
+        self._check_open()
+        return int(self.loc)
+
+    def write(self, data: Any) -> int:
+        raise io.UnsupportedOperation("write")  # open or closed, as a read-only file says
+
+    def readable(self) -> bool:
+        self._check_open()
+        return True
+
+    def seekable(self) -> bool:
+        self._check_open()
+        return True
+
+    def writable(self) -> bool:
+        self._check_open()
+        return False
 
     def _fetch_range(self, start: int, end: int) -> bytes:
         reader: Reader = self.fs.reader  # made anew in a forked child

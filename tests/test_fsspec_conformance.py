@@ -4,6 +4,7 @@ pipe) against netcache over the local and the memory filesystem, set up as fsspe
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import fsspec
@@ -97,3 +98,33 @@ class TestMemoryOpen(AbstractOpenTests, MemoryFixtures):
 
 class TestMemoryPipe(AbstractPipeTests, MemoryFixtures):
     pass
+
+
+# fsspec's mv tests (fsspec.tests.abstract.mv) name the local filesystem itself; the
+# same tests, through netcache over it.
+
+
+def test_move_raises_error_with_tmpdir(tmpdir) -> None:  # type: ignore[no-untyped-def]
+    source = tmpdir.join("source_file.txt")
+    source.write("content")
+    destination = tmpdir.join("non_existent_directory/destination_file.txt")
+    fs = _over(fsspec.filesystem("file"))
+    with pytest.raises(FileNotFoundError):
+        fs.mv(str(source), str(destination))
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only folder anyway")
+@pytest.mark.parametrize("recursive", [True, False])
+def test_move_raises_error_with_tmpdir_permission(recursive: bool, tmpdir) -> None:  # type: ignore[no-untyped-def]
+    source = tmpdir.join("source_file.txt")
+    source.write("content")
+    protected_dir = tmpdir.mkdir("protected_directory")
+    os.chmod(str(protected_dir), 0o555)
+    destination = protected_dir.join("destination_file.txt")
+    fs = _over(fsspec.filesystem("file"))
+    try:
+        with pytest.raises(PermissionError):
+            fs.mv(str(source), str(destination), recursive=recursive)
+        assert not os.path.exists(destination)
+    finally:
+        os.chmod(str(protected_dir), 0o755)
