@@ -30,6 +30,7 @@ class NetCacheFile(AbstractBufferedFile):
 
     def __init__(self, fs: Any, path: str, cookie: FileCookie, block_size: int) -> None:
         self.cookie = cookie
+        self._local: str | None = None
         assert cookie.size is not None
         self._readahead = Readahead(block_size, fs.readahead, cookie.size,
                                     READAHEAD_CHUNK_BYTES)  # fmt: skip
@@ -171,6 +172,14 @@ class NetCacheFile(AbstractBufferedFile):
             if started < len(ahead):  # asked for again by a later read
                 self._readahead.not_started(ahead.start + started)
         return reader.read_pages(self.cookie, start, end)
+
+    @property
+    def name(self) -> str:
+        """A complete local copy's path (``fsspec.open_local`` takes it): made on first
+        use, never by reads."""
+        if self._local is None:
+            self._local = self.fs.open_local(self.path)
+        return self._local
 
     def __repr__(self) -> str:
         return f"<NetCacheFile {redact_url(self.path)}>"

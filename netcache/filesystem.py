@@ -110,6 +110,9 @@ class NetCacheFileSystem(TargetPassThrough, ChainedFileSystem):
     """
 
     protocol = "netcache"
+    #: ``fsspec.open_local`` works: a file's ``name`` is a complete local copy, made
+    #: when asked for (ordinary reads never make one).
+    local_file = True
     _strip_tokenize_options = ("fo",)
     transaction_type = TargetTransaction
 
@@ -261,6 +264,16 @@ class NetCacheFileSystem(TargetPassThrough, ChainedFileSystem):
         for path in [paths] if isinstance(paths, str) else list(paths):
             files.extend(self.find(path) if self.isdir(path) else [path])
         return self.reader.prefetch([self._target_path(p) for p in files], callback)
+
+    def open_local(self, path: str) -> str:
+        """A path to a complete local copy of ``path``, for libraries that need a real
+        file (netCDF4, h5py, GDAL, SQLite). It is assembled from the pages held, the rest
+        fetched concurrently, kept in the cache folder (counted in ``disk_limit``, culled
+        with the pages, dropped when the file changes or is invalidated), and checked
+        against its checksum each time it is handed out. Needs ``cache_dir`` to be a
+        folder. The path is good until the copy is culled or invalidated; a library
+        that has it open keeps reading it."""
+        return self.reader.local_copy(self._target_path(path))
 
     def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
         """The target's ``info``, answered from cached metadata within ``check_interval``

@@ -25,6 +25,9 @@ from netcache.readahead import READAHEAD_CHUNK_BYTES
 Reading = tuple[int | None, int | None]
 #: What an open or a whole-file read is about to read (for a first look: its first bytes).
 WHOLE: tuple[Reading] = ((None, None),)
+#: Chunks of ``READAHEAD_CHUNK_BYTES`` a local copy keeps in flight ahead of the one it
+#: writes.
+_LOCAL_AHEAD = 4
 # Longest prefetch waits for the disk tier between chunks; a stalled disk slows a
 # prefetch down, it never stops it.
 _PREFETCH_STORE_WAIT = 10.0
@@ -171,6 +174,37 @@ class Reader:
                 self.read_pages(cookie, lo, hi)
                 callback.relative_update(hi - lo)
         return total
+
+    def local_copy(self, tpath: str) -> str:
+        """The path of a complete local copy of ``tpath``'s current version, in the disk
+        tier's folder: one made before and checked, or made now from the pages held,
+        the rest fetched ahead concurrently as a sequential reader's are."""
+        backend = self.context.backend
+        copies = getattr(backend, "local_copies", None)
+        if copies is None:
+            raise ValueError(
+                "open_local needs a disk tier in a folder: cache_dir=<a path> (not False, "
+                "nor a Backend instance without local copies)"
+            )
+        cookie = self.pin_version(tpath, reading=WHOLE)
+        size = cookie.size or 0
+        found = copies.find(cookie.file_id, cookie.version, size)
+        if found is not None:
+            self.context.counters.add("disk.lhit")
+            return found  # type: ignore[no-any-return]
+        path = copies.write(cookie.file_id, cookie.version, size, self._in_order(cookie))
+        self.context.counters.add("disk.lmade")
+        return path  # type: ignore[no-any-return]
+
+    def _in_order(self, cookie: FileCookie) -> Iterator[bytes]:
+        """The file's bytes in chunks, in order, with the chunks after them in flight."""
+        size, bs = cookie.size or 0, self.block_size
+        step = max(1, READAHEAD_CHUNK_BYTES // bs) * bs
+        for lo in range(0, size, step):
+            ahead = range((lo + step) // bs, -(-min(size, lo + _LOCAL_AHEAD * step) // bs))
+            if len(ahead):
+                self.read_ahead(cookie, ahead)
+            yield self.read_pages(cookie, lo, min(size, lo + step))
 
     # -- many ranges at once ---------------------------------------------------------------
 

@@ -154,6 +154,8 @@ class DiskStats:
     rerr: int = 0
     werr: int = 0
     cerr: int = 0
+    lmade: int = 0
+    lhit: int = 0
 
 
 @dataclass(frozen=True)

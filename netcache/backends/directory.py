@@ -24,6 +24,7 @@ from netcache.backends.base import (
     page_header,
 )
 from netcache.backends.folder import CacheFolder, group_id, remove_at
+from netcache.backends.localcopies import LocalCopies
 from netcache.backends.segindex import Culled, SegmentIndex
 from netcache.backends.segmentio import (
     DirectWrites,
@@ -45,6 +46,7 @@ from netcache.backends.segments import (
     segment_suffix,
     spans,
     table_size,
+    whole_version,
 )
 from netcache.buffers import PageBuffer
 from netcache.errors import CorruptMetadataError, CorruptPageError, UntrustedFolderError
@@ -137,6 +139,8 @@ class DirectoryBackend(Backend):
         self.index = SegmentIndex(limit, block_size, self.segment_pages, self._table)
         self._folders = Folders(self.folder, self.index.note_created)
         self._direct = DirectWrites(block_size)
+        #: whole-file copies, for ``open_local``
+        self.local_copies = LocalCopies(self.folder, self._folders, self.index)
         self._rescan_lock = threading.Lock()
         self._warn = WarnOnce()
         self._rescan()
@@ -353,9 +357,11 @@ class DirectoryBackend(Backend):
         try:
             for name in os.listdir(dir_fd):
                 parsed = parse_segment_name(name)
-                if parsed is None or parsed[0] == keep_version:
+                version = parsed[0] if parsed is not None else whole_version(name)
+                if version is None or version == keep_version:
                     continue
-                removed += slots_at(self.folder, dir_fd, name, parsed[2]).bit_count()
+                if parsed is not None:
+                    removed += slots_at(self.folder, dir_fd, name, parsed[2]).bit_count()
                 self.index.forget(f"{folder}/{name}")
                 remove_at(dir_fd, name)
         finally:

@@ -82,6 +82,22 @@ class SegmentIndex:
             )
             return fits, due, self._take_culled()
 
+    def touch(self, rel: str) -> None:
+        """``rel`` is the most recently used, if indexed."""
+        with self._lock:
+            if rel in self._index:
+                self._index[rel]
+
+    def add_whole(self, rel: str, size: int) -> tuple[bool, bool, Culled]:
+        """A whole-file copy of ``size`` bytes at ``rel``, most recently used: counted in
+        the limit and culled as a segment is. Returns as ``add_slots`` does."""
+        with self._lock:
+            fits = size <= self.limit
+            if fits:
+                self._index[rel] = size
+                self._since_listing[rel] = (size, 0)
+            return fits, False, self._take_culled()
+
     def clear_slot(self, rel: str, slot: int) -> None:
         with self._lock:
             if rel in self._slots:

@@ -21,7 +21,14 @@ import psutil
 
 from netcache.backends.base import HEADER_SIZE, MAGIC, check_header, check_payload
 from netcache.backends.folder import CacheFolder, remove_at
-from netcache.backends.segments import TMP_PREFIX, Layout, parse_segment_name, runs, slots_in
+from netcache.backends.segments import (
+    TMP_PREFIX,
+    WHOLE_SUFFIX,
+    Layout,
+    parse_segment_name,
+    runs,
+    slots_in,
+)
 from netcache.buffers import PageBuffer, blank_page_buffer, empty_page_buffer
 from netcache.errors import CorruptPageError
 from netcache.page import PageKey
@@ -261,6 +268,10 @@ class Folders:
         finally:
             os.close(dir_fd)
 
+    def temp_name(self) -> str:
+        """A fresh name for a temporary (see :class:`TempNames`)."""
+        return self._temps.next()
+
     def write_atomic(self, folder: str, name: str, blob: bytes) -> None:
         """Put ``blob`` at ``folder/name`` whole or not at all: written to a temporary,
         then renamed over it."""
@@ -372,6 +383,12 @@ def listed(folder: CacheFolder, rel_folder: str, name: str, dir_fd: int, layout:
     except OSError:
         return None
     parsed = parse_segment_name(name)
+    if name.endswith(WHOLE_SUFFIX) and not name.startswith(TMP_PREFIX):
+        if not stat.S_ISREG(st.st_mode):
+            remove_at(dir_fd, name)
+            return None
+        rel = f"{rel_folder}/{name}" if rel_folder else name
+        return st.st_mtime, rel, st.st_size, 0
     if name.startswith(TMP_PREFIX):
         stale = time.time() - st.st_mtime > STALE_TMP_SECONDS
         if writer_gone(name) or stale or not stat.S_ISREG(st.st_mode):

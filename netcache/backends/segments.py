@@ -17,6 +17,8 @@ from netcache.backends.base import HEADER_SIZE, MAGIC
 LAYOUT = "netcache-v2"  # v2: segment files (v1 held one file per page)
 SEGMENT_SUFFIX = ".seg"
 META_NAME = "meta.json"
+#: Suffix of whole-file copies (``open_local``): ``<version>.<CRC32C>.whole``.
+WHOLE_SUFFIX = ".whole"
 #: Prefix of files being written, renamed into place once whole.
 TMP_PREFIX = ".tmp."
 #: Pages a segment file holds at most (8 MiB of 128 KiB pages); fewer under small disk
@@ -61,6 +63,18 @@ def file_folder(file_id: str) -> str:
 def segment_path(file_id: str, version: str, suffix: str, segment: int) -> str:
     """A segment's path relative to the ``files`` folder."""
     return f"{file_folder(file_id)}/{version}{suffix}{segment:x}{SEGMENT_SUFFIX}"
+
+
+def whole_name(version: str, crc: int) -> str:
+    """The name of a whole-file copy of ``version`` whose bytes' CRC32C is ``crc``."""
+    return f"{version}.{crc:08x}{WHOLE_SUFFIX}"
+
+
+def whole_version(name: str) -> str | None:
+    """The version a whole-file copy's name says, or None if it is not one."""
+    if not name.endswith(WHOLE_SUFFIX) or name.count(".") != 2:
+        return None
+    return name.split(".", 1)[0]
 
 
 def parse_segment_name(name: str) -> tuple[str, int, int, int] | None:
