@@ -296,7 +296,7 @@ class PageFetcher:
                 runs.append((index, index))
         starts = [first * bs for first, _ in runs]
         ends = [min((last + 1) * bs, cookie.size) for _, last in runs]
-        answers = self._remote_ranges(target, cookie, starts, ends, verify)
+        answers = self.remote_ranges(target, cookie, starts, ends, verify)
         for start, end, answer in zip(starts, ends, answers, strict=True):
             if answer.received == end - start:
                 pages = self._pages(cookie, start, answer.pages)
@@ -310,10 +310,10 @@ class PageFetcher:
                     self._counters.add("unstored.pressure")  # to its readers, not kept
                 got[page.key] = page
 
-    def _remote_ranges(self, target: AbstractFileSystem, cookie: FileCookie, starts: list[int],
+    def remote_ranges(self, target: AbstractFileSystem, cookie: FileCookie, starts: list[int],
                        ends: list[int], verify: bool) -> list[PageFiller]:  # fmt: skip
         """The remote's answers for ``[starts[i], ends[i])`` of ``cookie``'s version,
-        counted (requests, bytes, errors)."""
+        counted (requests, bytes, errors), made concurrently; nothing is cached."""
         try:
             answers = self.remote.get_ranges(target, cookie, starts, ends, verify)
         except Exception:

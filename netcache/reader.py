@@ -14,20 +14,21 @@ from typing import Any
 from fsspec import AbstractFileSystem
 from fsspec.callbacks import DEFAULT_CALLBACK, Callback
 
-from netcache.buffers import PageFiller
+from netcache.buffers import PageBuffer, PageFiller
 from netcache.context import CacheContext
 from netcache.cookie import FileCookie
-from netcache.errors import FileChangedError
+from netcache.errors import FileChangedError, ShortReadError
 from netcache.firstlook import Looked, Span, first_look, first_looks, look_spans
+from netcache.identity import redact_url
+from netcache.page import page_keys
 from netcache.readahead import READAHEAD_CHUNK_BYTES
 
 #: A range about to be read: ``(start, end)``, None for the start or the end of the file.
 Reading = tuple[int | None, int | None]
 #: What an open or a whole-file read is about to read (for a first look: its first bytes).
 WHOLE: tuple[Reading] = ((None, None),)
-#: Chunks of ``READAHEAD_CHUNK_BYTES`` a local copy keeps in flight ahead of the one it
-#: writes.
-_LOCAL_AHEAD = 4
+#: Chunks of ``READAHEAD_CHUNK_BYTES`` a local copy asks the remote for at once.
+_LOCAL_AHEAD = 8
 # Longest prefetch waits for the disk tier between chunks; a stalled disk slows a
 # prefetch down, it never stops it.
 _PREFETCH_STORE_WAIT = 10.0
@@ -196,15 +197,58 @@ class Reader:
         self.context.counters.add("disk.lmade")
         return path  # type: ignore[no-any-return]
 
-    def _in_order(self, cookie: FileCookie) -> Iterator[bytes]:
-        """The file's bytes in chunks, in order, with the chunks after them in flight."""
-        size, bs = cookie.size or 0, self.block_size
-        step = max(1, READAHEAD_CHUNK_BYTES // bs) * bs
-        for lo in range(0, size, step):
-            ahead = range((lo + step) // bs, -(-min(size, lo + _LOCAL_AHEAD * step) // bs))
-            if len(ahead):
-                self.read_ahead(cookie, ahead)
-            yield self.read_pages(cookie, lo, min(size, lo + step))
+    def _in_order(self, cookie: FileCookie) -> Iterator[list[PageBuffer]]:
+        """The file's bytes in order, in chunks of buffers: resident pages from memory,
+        the rest straight from the remote, ``_LOCAL_AHEAD`` chunks of requests at once
+        (a whole-file copy neither admits nor stores what it fetches: the copy is it)."""
+        size = cookie.size or 0
+        step = max(1, READAHEAD_CHUNK_BYTES // self.block_size) * self.block_size
+        spans = [(lo, min(size, lo + step)) for lo in range(0, size, step)]
+        for i in range(0, len(spans), _LOCAL_AHEAD):
+            group = spans[i : i + _LOCAL_AHEAD]
+            held = self._spans_now(cookie, group)
+            for span in group:
+                yield held.pop(span)
+
+    def _spans_now(self, cookie: FileCookie, spans: list[Span]) -> dict[Span, list[PageBuffer]]:
+        """Each span's bytes, as buffers in order: runs of resident pages from memory,
+        the other runs from the remote (all of them at once)."""
+        fetcher = self.context.fetcher
+        runs = {span: self._runs_by_residence(cookie, span) for span in spans}
+        got: dict[Span, list[PageBuffer]] = {}
+        for span_runs in runs.values():
+            for lo, hi, resident in span_runs:
+                data = fetcher.read_resident(cookie, lo, hi) if resident else None
+                if data is not None:  # (None if evicted since: fetched with the rest)
+                    got[lo, hi] = [data]
+        missing = [(lo, hi) for rs in runs.values() for lo, hi, _ in rs if (lo, hi) not in got]
+        if missing:
+            starts, ends = [lo for lo, _ in missing], [hi for _, hi in missing]
+            answers = fetcher.remote_ranges(self.target, cookie, starts, ends, self._verify)
+            for (lo, hi), answer in zip(missing, answers, strict=True):
+                if answer.received != hi - lo:
+                    where = redact_url(cookie.path)
+                    raise ShortReadError(
+                        f"{where}: asked for bytes {lo}-{hi}, the remote sent {answer.received}"
+                    )
+                got[lo, hi] = list(answer.pages)
+        return {span: [buf for lo, hi, _ in rs for buf in got[lo, hi]] for span, rs in runs.items()}
+
+    def _runs_by_residence(self, cookie: FileCookie, span: Span) -> list[tuple[int, int, bool]]:
+        """``span`` cut into runs of pages that are all resident, or all not."""
+        bs = self.block_size
+        lo, hi = span
+        indices = range(lo // bs, -(-hi // bs))
+        keys = page_keys(cookie.file_id, cookie.version, indices)
+        absent = {key.index for key in self.context.page_cache.absent(keys)}
+        out: list[tuple[int, int, bool]] = []
+        for index in indices:
+            page_lo, page_hi, resident = index * bs, min(hi, (index + 1) * bs), index not in absent
+            if out and out[-1][2] == resident:
+                out[-1] = (out[-1][0], page_hi, resident)
+            else:
+                out.append((page_lo, page_hi, resident))
+        return out
 
     # -- many ranges at once ---------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import crc32c
 
@@ -19,23 +19,33 @@ from netcache.backends.folder import CacheFolder, remove_at
 from netcache.backends.segindex import SegmentIndex
 from netcache.backends.segmentio import Folders, pwrite_all
 from netcache.backends.segments import WHOLE_SUFFIX, file_folder, whole_name
+from netcache.buffers import PageBuffer
 
 #: Bytes read at a time when a copy's checksum is checked.
 _CHECK_BYTES = 8 << 20
+#: Copies whose check this process remembers, at most.
+_MAX_REMEMBERED = 4096
 
 
 class LocalCopies:
     """Whole-file copies of one directory backend.
 
-    Thread-safe: it keeps no state of its own (the index and the folders lock what they
-    guard); two threads making the same copy each write a temporary of their own and
-    the second rename replaces the first with the same bytes.
+    A copy's CRC32C is checked once per process: after that, while the file's identity
+    (device, inode, size, and modification and change times, which no one without
+    root can set back) is the one seen at the check, or at the write, it is handed out
+    without reading it again.
+
+    Thread-safe: the index and the folders lock what they guard, and the identities
+    checked are a dictionary changed by single, GIL-atomic operations; two threads
+    making the same copy each write a temporary of their own and the second rename
+    replaces the first with the same bytes.
     """
 
     def __init__(self, folder: CacheFolder, folders: Folders, index: SegmentIndex) -> None:
         self.folder = folder
         self.folders = folders
         self.index = index
+        self._checked_as: dict[str, tuple[int, ...]] = {}
 
     def find(self, file_id: str, version: str, size: int) -> str | None:
         """The path of a complete copy of ``version`` of ``file_id``, checked, or None
@@ -55,8 +65,10 @@ class LocalCopies:
                 self.folder.remove(rel)
         return None
 
-    def write(self, file_id: str, version: str, size: int, chunks: Iterable[bytes]) -> str:
-        """Write ``chunks`` (the whole file, in order) as the copy of ``version``; its path.
+    def write(self, file_id: str, version: str, size: int,
+              chunks: Iterable[Sequence[PageBuffer]]) -> str:  # fmt: skip
+        """Write ``chunks`` (the whole file, in order, each a sequence of buffers) as the
+        copy of ``version``; its path.
         Raises ``ValueError`` if they do not add up to ``size``, and ``OSError`` from the
         disk (nothing is left behind either way)."""
         rel_folder = file_folder(file_id)
@@ -76,6 +88,9 @@ class LocalCopies:
                 raise ValueError(f"a local copy got {written} bytes of a {size}-byte file")
             name = whole_name(version, crc)
             self.folder.replace(dir_fd, tmp, name)
+            self._checked_as[f"{rel_folder}/{name}"] = _identity(
+                os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            )
         finally:
             os.close(dir_fd)
         rel = f"{rel_folder}/{name}"
@@ -89,12 +104,13 @@ class LocalCopies:
         return os.path.join(self.folder.path, rel)
 
     @staticmethod
-    def _write_chunks(fd: int, chunks: Iterable[bytes]) -> tuple[int, int]:
+    def _write_chunks(fd: int, chunks: Iterable[Sequence[PageBuffer]]) -> tuple[int, int]:
         crc, written = 0, 0
-        for chunk in chunks:
-            pwrite_all(fd, [chunk], written)
-            crc = crc32c.crc32c(chunk, crc)
-            written += len(chunk)
+        for buffers in chunks:
+            pwrite_all(fd, buffers, written)
+            for buf in buffers:
+                crc = crc32c.crc32c(buf, crc)
+                written += len(buf)
         return crc, written
 
     def _checked(self, rel: str, name: str, size: int) -> bool:
@@ -108,6 +124,8 @@ class LocalCopies:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode) or st.st_size != size:
                 return False
+            if self._checked_as.get(rel) == _identity(st):
+                return True  # checked (or written) by this process, untouched since
             crc, at = 0, 0
             while at < size:
                 chunk = os.pread(fd, min(_CHECK_BYTES, size - at), at)
@@ -115,6 +133,15 @@ class LocalCopies:
                     return False
                 crc = crc32c.crc32c(chunk, crc)
                 at += len(chunk)
-            return name == whole_name(name.split(".", 1)[0], crc)
+            if name != whole_name(name.split(".", 1)[0], crc):
+                return False
+            if len(self._checked_as) >= _MAX_REMEMBERED:
+                self._checked_as.clear()
+            self._checked_as[rel] = _identity(st)
+            return True
         finally:
             os.close(fd)
+
+
+def _identity(st: os.stat_result) -> tuple[int, ...]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
