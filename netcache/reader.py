@@ -27,8 +27,9 @@ from netcache.readahead import READAHEAD_CHUNK_BYTES
 Reading = tuple[int | None, int | None]
 #: What an open or a whole-file read is about to read (for a first look: its first bytes).
 WHOLE: tuple[Reading] = ((None, None),)
-#: Chunks of ``READAHEAD_CHUNK_BYTES`` a local copy asks the remote for at once.
-_LOCAL_AHEAD = 8
+#: Chunks of ``READAHEAD_CHUNK_BYTES`` a local copy asks the remote for at once (the
+#: next group is fetched while one is written: two groups in memory at most).
+_LOCAL_AHEAD = 4
 # Longest prefetch waits for the disk tier between chunks; a stalled disk slows a
 # prefetch down, it never stops it.
 _PREFETCH_STORE_WAIT = 10.0
@@ -199,14 +200,21 @@ class Reader:
 
     def _in_order(self, cookie: FileCookie) -> Iterator[list[PageBuffer]]:
         """The file's bytes in order, in chunks of buffers: resident pages from memory,
-        the rest straight from the remote, ``_LOCAL_AHEAD`` chunks of requests at once
-        (a whole-file copy neither admits nor stores what it fetches: the copy is it)."""
+        the rest straight from the remote, ``_LOCAL_AHEAD`` requests at once (a
+        whole-file copy neither admits nor stores what it fetches: the copy is it)."""
         size = cookie.size or 0
         step = max(1, READAHEAD_CHUNK_BYTES // self.block_size) * self.block_size
         spans = [(lo, min(size, lo + step)) for lo in range(0, size, step)]
-        for i in range(0, len(spans), _LOCAL_AHEAD):
-            group = spans[i : i + _LOCAL_AHEAD]
-            held = self._spans_now(cookie, group)
+        groups = [spans[i : i + _LOCAL_AHEAD] for i in range(0, len(spans), _LOCAL_AHEAD)]
+        workers = self.context.file_workers
+        # the next group's requests go out while this one is written (a worker never
+        # waits for another: it claims no page)
+        pending = workers.submit(self._spans_now, cookie, groups[0]) if groups else None
+        for k, group in enumerate(groups):
+            assert pending is not None
+            held = pending.result()
+            more = k + 1 < len(groups)
+            pending = workers.submit(self._spans_now, cookie, groups[k + 1]) if more else None
             for span in group:
                 yield held.pop(span)
 
