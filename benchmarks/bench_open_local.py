@@ -27,6 +27,10 @@ CACHES = ("netcache", "simplecache")
 
 def child(cache: str, url: str, folder: str) -> None:
     import fsspec
+    import fsspec.implementations.cached
+    import fsspec.implementations.http
+
+    import netcache.filesystem  # noqa: F401  # imported before the clock, as fsspec's are
 
     if cache == "netcache":
         options = {"netcache": {"cache_dir": folder, "memory_monitor": False}}
