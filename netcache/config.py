@@ -116,10 +116,11 @@ class CacheConfig:
             retries=retries,
         )
 
-    def conflicts(self, other: CacheConfig) -> list[str]:
-        """Settings on which two instances sharing one context disagree
+    def differences(self, other: CacheConfig) -> dict[str, str]:
+        """Settings on which ``self`` and ``other`` (the one in use) differ, by name, each
+        said as the user gives it: ``"block_size=65536 (in use) and block_size=131072"``
         (``check_interval`` is each instance's own)."""
-        out = []
+        out = {}
         for f in fields(self):
             if f.name == "check_interval":
                 continue
@@ -128,9 +129,33 @@ class CacheConfig:
                 mine, theirs = _policy_name(mine), _policy_name(theirs)
             if mine != theirs:
                 name = "trusted_group" if f.name == "trusted_gid" else f.name
-                out.append(f"{name}={_as_given(f.name, theirs)} (already in use) and "
-                           f"{name}={_as_given(f.name, mine)}")  # fmt: skip
+                out[f.name] = (f"{name}={_as_given(f.name, theirs)} (already in use) and "
+                               f"{name}={_as_given(f.name, mine)}")  # fmt: skip
         return out
+
+    def conflicts(self, other: CacheConfig) -> list[str]:
+        """``differences`` as a list of phrases."""
+        return list(self.differences(other).values())
+
+    def registry_key(self, target_id: str) -> tuple[object, ...]:
+        """Which shared cache this config uses: one per folder (or backend) and target;
+        a memory-only cache is shared only by instances with all the same settings, so
+        it never conflicts with another."""
+        if self.cache_dir is not None:
+            return (self.cache_dir, target_id)
+        settings = [
+            _policy_name(getattr(self, f.name))
+            if f.name in ("eviction", "release_policy")
+            else getattr(self, f.name)
+            for f in fields(self)
+            if f.name != "check_interval"
+        ]
+        return (None, target_id, *settings)
+
+
+#: Settings a cache in use takes from a later instance at once (the others need a new
+#: cache: see ``netcache.process.Registry.acquire``).
+LIVE_SETTINGS = frozenset({"memory_limit", "disk_limit", "release_policy", "memory_monitor"})
 
 
 def _as_given(name: str, value: Any) -> str:

@@ -8,6 +8,8 @@ per process can live on the instance; instances look their context up in
 
 from __future__ import annotations
 
+import threading
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 from netcache.backends.base import Backend
@@ -90,6 +92,42 @@ class CacheContext:
         # no thread until the first read of several files; workers wait only for pages
         # claimed by fetches under way, never for another worker's queued job
         self.file_workers = ThreadPoolExecutor(FILE_WORKERS, "netcache-files")
+        # files reading through this cache, held weakly: a setting that cannot change
+        # live (the page size) waits until none is open
+        self._files: weakref.WeakSet[object] = weakref.WeakSet()
+        self._files_lock = threading.Lock()
+        #: False once closed or replaced: instances on it then look their cache up again
+        self.is_current = True
+
+    def file_opened(self, f: object) -> None:
+        """A file reading through this cache was opened (held weakly)."""
+        with self._files_lock:
+            self._files.add(f)
+
+    def open_files(self) -> int:
+        """Files reading through this cache that are open now."""
+        with self._files_lock:
+            return sum(1 for f in self._files if not getattr(f, "closed", True))
+
+    def apply(self, config: CacheConfig) -> None:
+        """Take ``config``'s live settings (``LIVE_SETTINGS``) at once: a smaller memory
+        or disk limit evicts or culls down to it now. Called by the registry, outside its
+        lock; the parts lock what they guard."""
+        old, self.config = self.config, config
+        if config.memory_limit != old.memory_limit:
+            self.page_cache.set_limit(config.memory_limit)
+            if self.writeback is not None:
+                self.writeback.max_pending_bytes = max(
+                    config.memory_limit // PENDING_SHARE, config.block_size
+                )
+        if config.release_policy is not old.release_policy:
+            self.page_cache.release_policy = make_release_policy(config.release_policy)
+        if config.memory_monitor is not old.memory_monitor:
+            if old.memory_monitor is not None:
+                old.memory_monitor.unregister(self.page_cache)
+            self.watch_memory()
+        if config.disk_limit != old.disk_limit and self.backend is not None:
+            self.backend.set_limit(config.disk_limit)
 
     def watch_memory(self) -> None:
         """Register the page cache with the memory monitor, which may start its thread:
@@ -190,4 +228,8 @@ class CacheContext:
         return self.writeback.flush(timeout) if self.writeback is not None else True
 
     def close(self, drain_timeout: float) -> bool:
+        """Drain pending stores (for at most ``drain_timeout`` seconds) and stop; the
+        registry no longer hands this context out."""
+        self.is_current = False
+        self.file_workers.shutdown(wait=False)
         return self.writeback.close(drain_timeout) if self.writeback is not None else True

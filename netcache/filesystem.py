@@ -181,6 +181,7 @@ class NetCacheFileSystem(TargetPassThrough, ChainedFileSystem):
         self.offline = offline
         self._target_id = target_identity(self._target)
         self._forks = registry.forks
+        self._generation = registry.generation
         self._reader = self._new_reader()
 
     def _new_reader(self) -> Reader:
@@ -196,6 +197,9 @@ class NetCacheFileSystem(TargetPassThrough, ChainedFileSystem):
             self._target = made_again(self._target)
             self._reader = self._new_reader()
             self._forks = registry.forks
+        elif self._generation != registry.generation and not self._reader.context.is_current:
+            self._generation = registry.generation
+            self._reader = self._new_reader()  # its cache was replaced: this instance's
         return self._reader
 
     @property
@@ -235,8 +239,11 @@ class NetCacheFileSystem(TargetPassThrough, ChainedFileSystem):
             unknown = set(kwargs) - _IGNORED_OPEN_ARGS
             if unknown:
                 raise TypeError(f"open() got unexpected argument(s) {sorted(unknown)}")
-            cookie = self.reader.pin_version(self._target_path(path), reading=WHOLE)
-            return NetCacheFile(self, path, cookie, self.config.block_size)
+            reader = self.reader
+            cookie = reader.pin_version(self._target_path(path), reading=WHOLE)
+            f = NetCacheFile(self, path, cookie, self.config.block_size)
+            reader.context.file_opened(f)
+            return f
         tpath = self._target_path(path)
         autocommit = kwargs.pop("autocommit", True)
         kwargs.pop("block_size", None)  # netcache's page size is not the target's buffer

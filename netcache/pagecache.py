@@ -101,6 +101,18 @@ class PageCache:
     def admitting(self) -> bool:
         return self._pressure < PressureLevel.CRITICAL
 
+    def set_limit(self, limit: int) -> None:
+        """A new byte budget, applied at once: shrinking evicts down to it now, by routine
+        eviction (pages whose store is pending stay until stored)."""
+        with self._lock:
+            self.limit = limit
+            self._budget = (
+                limit if self._pressure is PressureLevel.NONE else min(self._budget, limit)
+            )
+            evicted = self._evict_to_fit()
+        if evicted[0]:
+            self._counters.add_many({"evict.n": evicted[0], "evict.bytes": evicted[1]})
+
     def hold_size(self) -> None:
         """Under pressure, after reclaim: admit new pages only by evicting old ones."""
         with self._lock:

@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 from netcache import buffers, pressure
-from netcache.config import CacheConfig
+from netcache.config import LIVE_SETTINGS, CacheConfig
 from netcache.context import CacheContext
 from netcache.pressure import MemoryPressureMonitor
 
@@ -39,31 +39,63 @@ class Registry:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.contexts: dict[tuple[object, str], CacheContext] = {}
+        self.contexts: dict[tuple[object, ...], CacheContext] = {}
         self.forks = 0
+        #: bumped when a context is replaced: instances on it look their context up again
+        self.generation = 0
 
     def acquire(self, config: CacheConfig, target_id: str) -> CacheContext:
         """The context of ``config``'s folder and ``target_id``, made if there is none.
         A new one is built outside the lock (it reads the disk tier's folder), then put
         in unless another thread put one in first (the one built here is then dropped:
-        nothing of it has started), then registered with the memory monitor."""
-        key = (config.cache_dir, target_id)
+        nothing of it has started), then registered with the memory monitor.
+
+        Settings follow the latest instance: one in use takes ``LIVE_SETTINGS`` at once;
+        for any other setting (the page size, the eviction policy, ...) it is replaced by
+        a new context once none of its files is open (its pending stores are drained
+        first), and ``ValueError`` says what to close while some are."""
+        key = config.registry_key(target_id)
         with self.lock:
             context = self.contexts.get(key)
         if context is None:
-            built = CacheContext(config, target_id)
-            with self.lock:
-                context = self.contexts.setdefault(key, built)
-            if context is built:
-                built.watch_memory()
-                return built
-        problems = config.conflicts(context.config)
-        if problems:
+            return self._put_new(key, config, target_id, None)
+        differences = config.differences(context.config)
+        if not differences:
+            return context
+        if set(differences) <= LIVE_SETTINGS:
+            context.apply(config)
+            return context
+        fixed = "; ".join(v for k, v in differences.items() if k not in LIVE_SETTINGS)
+        files = context.open_files()
+        if files:
             raise ValueError(
-                "this cache folder and target are already in use in this process with other "
-                "settings: " + "; ".join(problems)
+                f"this cache folder and target are in use in this process with other "
+                f"settings: {fixed}. These cannot change while its {files} open file(s) "
+                "read through it: close them (or call netcache.close_all()), then make "
+                "the filesystem again"
             )
-        return context
+        return self._put_new(key, config, target_id, context)
+
+    def _put_new(self, key: tuple[object, ...], config: CacheConfig, target_id: str,
+                 replacing: CacheContext | None) -> CacheContext:  # fmt: skip
+        built = CacheContext(config, target_id)
+        with self.lock:
+            current = self.contexts.get(key)
+            if current is not replacing and current is not None:
+                context = current  # another thread was first: use its context
+            else:
+                context = self.contexts[key] = built
+                if replacing is not None:
+                    self.generation += 1  # instances on the old context look again
+        if context is not built:
+            built.close(0.0)
+            return self.acquire(config, target_id)
+        if replacing is not None:
+            if replacing.config.memory_monitor is not None:
+                replacing.config.memory_monitor.unregister(replacing.page_cache)
+            replacing.close(EXIT_DRAIN_SECONDS)
+        built.watch_memory()
+        return built
 
     def in_use(self) -> list[CacheContext]:
         """The contexts in use now."""

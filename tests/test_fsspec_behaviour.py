@@ -159,9 +159,12 @@ def test_ukey_checksum_and_links_are_the_targets(tmp_path: Any) -> None:
     assert os.stat(path).st_mode & 0o777 == 0o600
 
 
-def test_conflicting_settings_are_said_as_the_user_wrote_them(memory: Any) -> None:
-    netcache.NetCacheFileSystem(fs=memory, cache_dir=False, memory_monitor=False)
-    with pytest.raises(ValueError) as raised:
-        netcache.NetCacheFileSystem(fs=memory, cache_dir=False, memory_monitor=None)
-    assert "memory_monitor=False (already in use)" in str(raised.value)
-    assert "memory_monitor=None (the process-wide monitor)" in str(raised.value)
+def test_conflicting_settings_are_said_as_the_user_wrote_them() -> None:
+    from netcache import process
+    from netcache.config import CacheConfig
+
+    none = CacheConfig.build(cache_dir=False, memory_monitor=False)
+    default = CacheConfig.build(cache_dir=False, default_monitor=process.default_monitor)
+    said = default.differences(none)["memory_monitor"]
+    assert said == ("memory_monitor=False (already in use) and "
+                    "memory_monitor=None (the process-wide monitor)")  # fmt: skip

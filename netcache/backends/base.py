@@ -59,6 +59,15 @@ class PageIndex(cachetools.LRUCache):
         self.cbytes += size
         return size
 
+    def resized(self, limit: int) -> PageIndex:
+        """A copy of this index with another limit, in the same recency order, its culls
+        counted and recorded (``take_culled``) if it is smaller."""
+        new = PageIndex(limit)
+        new.culls, new.cbytes = self.culls, self.cbytes
+        for name in list(self):  # least recently used first
+            new[name] = cachetools.Cache.__getitem__(self, name)  # without touching it
+        return new
+
     def forget_all(self) -> None:
         """Empty the index without counting culls (its pages were removed on purpose)."""
         while self:
@@ -122,6 +131,13 @@ class Backend(ABC):
 
     @abstractmethod
     def usage(self) -> DiskUsage: ...
+
+    def set_limit(self, limit: int) -> None:
+        """A new byte limit, culling down to it now. The default refuses: a backend
+        that can change its limit while in use overrides it."""
+        raise ValueError(
+            f"{type(self).__name__} cannot change its limit while in use; make it anew"
+        )
 
     def load_pages(self, keys: Sequence[PageKey]) -> dict[PageKey, PageBuffer | OSError]:
         """Several pages at once (a reader's consecutive pages, typically): each page held

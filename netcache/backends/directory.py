@@ -378,6 +378,12 @@ class DirectoryBackend(Backend):
         for name in self.folder.listdir(""):
             self.folder.remove(name)
 
+    def set_limit(self, limit: int) -> None:
+        """A new limit, culling the least recently used segments down to it now (the
+        pages per segment stay as the folder has them)."""
+        self.limit = limit
+        self._unlink_culled(self.index.set_limit(limit))
+
     def usage(self) -> DiskUsage:
         return self.index.usage()
 

@@ -157,6 +157,14 @@ class MappingBackend(Backend):
             names = list(self.mapping)
         self._drop(names)
 
+    def set_limit(self, limit: int) -> None:
+        """A new limit, culling down to it now."""
+        with self._lock:
+            self.limit = limit
+            self._index = self._index.resized(limit)
+            culled = [name for name, _ in self._index.take_culled()]
+        self._drop(culled)
+
     def usage(self) -> DiskUsage:
         with self._lock:
             return self._index.usage()

@@ -82,6 +82,13 @@ class SegmentIndex:
             )
             return fits, due, self._take_culled()
 
+    def set_limit(self, limit: int) -> Culled:
+        """A new limit; what it culls now."""
+        with self._lock:
+            self.limit = limit
+            self._index = self._index.resized(limit)
+            return self._take_culled()
+
     def touch(self, rel: str) -> None:
         """``rel`` is the most recently used, if indexed."""
         with self._lock:
