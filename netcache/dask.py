@@ -16,17 +16,19 @@ from typing import Any
 
 from netcache.daskenv import current_worker, monitor_settings
 from netcache.process import registry
+from netcache.stats import COUNTER_NAMES
 
 __all__ = ["cluster_stats", "current_worker", "monitor_settings", "process_stats"]
 
 
 def process_stats() -> dict[str, int]:
     """Every cache of this process summed (pressure counters, which caches sharing one
-    monitor all report, are taken once)."""
-    contexts = registry.in_use()
-    total: dict[str, int] = {}
-    for context in contexts:
-        _merge(total, context.stats().as_dict(), lambda name: name.startswith("pressure."))
+    monitor all report, are taken once): every counter name, zero where nothing was
+    read."""
+    total: dict[str, int] = dict.fromkeys(COUNTER_NAMES, 0)
+    for context in registry.in_use():
+        counters = {k: v for k, v in context.stats().as_dict().items() if "." in k}
+        _merge(total, counters, lambda name: name.startswith("pressure."))
     return total
 
 
@@ -34,7 +36,7 @@ def cluster_stats(client: Any) -> dict[str, dict[str, int]]:
     """Stats of every worker of ``client``'s cluster: ``{worker address: counters}``, plus
     ``"total"`` summed over workers (``pressure.level``: the highest)."""
     per_worker: dict[str, dict[str, int]] = client.run(process_stats)
-    total: dict[str, int] = {}
+    total: dict[str, int] = dict.fromkeys(COUNTER_NAMES, 0)
     for counters in per_worker.values():
         _merge(total, counters, lambda name: name == "pressure.level")
     return {**per_worker, "total": total}

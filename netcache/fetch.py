@@ -236,6 +236,7 @@ class PageFetcher:
         except Exception as exc:  # the whole tier failing: every page is a miss
             loaded = dict.fromkeys(claimed, exc)
         missing = []
+        served = 0
         bs = self.block_size
         for key, future in claimed.items():
             data = loaded.get(key)
@@ -264,8 +265,10 @@ class PageFetcher:
             page.state = StoreState.STORED
             self.page_cache.complete(page, future)
             got[key] = page
+            served += len(data)
         if len(missing) < len(claimed):
-            self._counters.add("retrievals.disk", len(claimed) - len(missing))
+            self._counters.add_many({"retrievals.disk": len(claimed) - len(missing),
+                                     "retrievals.dbytes": served})  # fmt: skip
         return missing
 
     def _discard_from_disk(self, key: PageKey) -> None:

@@ -79,6 +79,7 @@ class PageCache:
         # Memory hits are counted here, under the lock already held, not in ``counters``
         # (a second lock on the path of every warm read).
         self._mem_hits = 0
+        self._mem_bytes = 0
         # What admission evicts down to: ``limit``, or less while memory pressure holds
         # the cache at the size reclaim left it (so readers cannot refill what was freed).
         self._budget = limit
@@ -137,6 +138,7 @@ class PageCache:
                     continue
                 claim.claimed[key] = self._inflight[key] = Future()
             self._mem_hits += len(claim.hits)
+            self._mem_bytes += sum(page.nbytes for page in claim.hits.values())
         if claim.waits:
             self._counters.add("retrievals.joined", len(claim.waits))
         return claim
@@ -161,10 +163,13 @@ class PageCache:
                 return None
             now = time.monotonic()
             touch = self.eviction.touch
+            nbytes = 0
             for page in pages:
                 touch(page.key)  # type: ignore[union-attr]
                 page.atime = now  # type: ignore[union-attr]
+                nbytes += page.nbytes  # type: ignore[union-attr]
             self._mem_hits += len(pages)
+            self._mem_bytes += nbytes
         return pages  # type: ignore[return-value]
 
     def absent(self, keys: Iterable[PageKey]) -> list[PageKey]:
@@ -336,4 +341,5 @@ class PageCache:
                 "pages.bytes": self._bytes,
                 "pages.limit": self.limit,
                 "retrievals.mem": self._mem_hits,
+                "retrievals.mbytes": self._mem_bytes,
             }

@@ -16,18 +16,41 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 
+class _Line:
+    """A stats line: FS-Cache's short field names, plus plain names for them
+    (``ALIASES``). A name that is neither raises ``AttributeError`` listing both."""
+
+    label: ClassVar[str] = ""
+    ALIASES: ClassVar[dict[str, str]] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        # only reached for names that are not fields: plain ones, or mistakes
+        field = type(self).ALIASES.get(name)
+        if field is not None:
+            return getattr(self, field)
+        if name.startswith("__"):
+            raise AttributeError(name)
+        fields = [f.name for f in dataclasses.fields(self)]  # type: ignore[arg-type]
+        plain = ", ".join(f"{k} ({v})" for k, v in type(self).ALIASES.items())
+        raise AttributeError(
+            f"{type(self).__name__} has no {name!r}: its fields are {', '.join(fields)}"
+            + (f"; also by plain name: {plain}" if plain else "")
+        )
+
+
 @dataclass(frozen=True)
-class PagesStats:
+class PagesStats(_Line):
     """Memory tier now: resident pages, their bytes, and the byte budget."""
 
     label: ClassVar[str] = "Pages"
+    ALIASES: ClassVar[dict[str, str]] = {"pages": "n", "count": "n"}
     n: int = 0
     bytes: int = 0
     limit: int = 0
 
 
 @dataclass(frozen=True)
-class RetrievalStats:
+class RetrievalStats(_Line):
     """Page reads by where they were served from.
 
     ``mem``/``disk``/``remote``: pages served from each tier; ``rbytes``: bytes fetched
@@ -35,12 +58,25 @@ class RetrievalStats:
     because another reader was already fetching them (single flight); ``err``: failed
     remote fetches; ``retry``: requests made again after a transient error (a 5xx, a
     reset, a timeout); ``stale``: versions served without a check because the remote could
-    not be reached (``offline=True`` only); ``nolook``: first looks (the version learnt
+    not be reached (``offline=True`` only); ``mbytes``/``dbytes``: bytes served from
+    memory and from the disk tier; ``nolook``: first looks (the version learnt
     from a cold read's own ranged requests) that could not be used, so ``info()`` was
     asked instead.
     """
 
     label: ClassVar[str] = "Retrvls"
+    ALIASES: ClassVar[dict[str, str]] = {
+        "memory": "mem",
+        "from_memory": "mem",
+        "from_disk": "disk",
+        "from_remote": "remote",
+        "remote_bytes": "rbytes",
+        "memory_bytes": "mbytes",
+        "disk_bytes": "dbytes",
+        "requests": "req",
+        "errors": "err",
+        "retries": "retry",
+    }
     mem: int = 0
     disk: int = 0
     remote: int = 0
@@ -51,10 +87,12 @@ class RetrievalStats:
     retry: int = 0
     stale: int = 0
     nolook: int = 0
+    mbytes: int = 0
+    dbytes: int = 0
 
 
 @dataclass(frozen=True)
-class StoreStats:
+class StoreStats(_Line):
     """Write-back to the disk tier, with the kernel's names.
 
     ``n``: store requests; ``ok``: queued; ``agn``: already queued or stored;
@@ -65,6 +103,14 @@ class StoreStats:
     """
 
     label: ClassVar[str] = "Stores"
+    ALIASES: ClassVar[dict[str, str]] = {
+        "requests": "n",
+        "queued": "ok",
+        "stored": "pgs",
+        "errors": "err",
+        "pending_bytes": "pend",
+        "stored_by_readers": "own",
+    }
     n: int = 0
     ok: int = 0
     agn: int = 0
@@ -78,7 +124,7 @@ class StoreStats:
 
 
 @dataclass(frozen=True)
-class UnstoredStats:
+class UnstoredStats(_Line):
     """Pages that never reached the disk tier, by why: nothing is dropped uncounted.
 
     ``pressure``: store cancelled by reclaim under memory pressure (``VmScan: can``), or
@@ -89,6 +135,7 @@ class UnstoredStats:
     """
 
     label: ClassVar[str] = "Unstord"
+    ALIASES: ClassVar[dict[str, str]] = {}
     pressure: int = 0
     error: int = 0
     full: int = 0
@@ -97,7 +144,7 @@ class UnstoredStats:
 
 
 @dataclass(frozen=True)
-class VmScanStats:
+class VmScanStats(_Line):
     """Outcomes of ``maybe_release_page`` during reclaim, one per call.
 
     ``nos``: no store pending, released; ``gon``: a store was pending at the first look
@@ -108,6 +155,14 @@ class VmScanStats:
     """
 
     label: ClassVar[str] = "VmScan"
+    ALIASES: ClassVar[dict[str, str]] = {
+        "no_store": "nos",
+        "gone": "gon",
+        "busy": "bsy",
+        "cancelled": "can",
+        "waited": "wt",
+        "kept": "kep",
+    }
     nos: int = 0
     gon: int = 0
     bsy: int = 0
@@ -117,25 +172,27 @@ class VmScanStats:
 
 
 @dataclass(frozen=True)
-class EvictStats:
+class EvictStats(_Line):
     """Routine eviction to stay within ``memory_limit`` (never cancels a store)."""
 
     label: ClassVar[str] = "Evict"
+    ALIASES: ClassVar[dict[str, str]] = {"evicted": "n"}
     n: int = 0
     bytes: int = 0
 
 
 @dataclass(frozen=True)
-class InvalidationStats:
+class InvalidationStats(_Line):
     """Pages dropped because their file changed or was written (unconditional)."""
 
     label: ClassVar[str] = "Invals"
+    ALIASES: ClassVar[dict[str, str]] = {"invalidations": "n"}
     n: int = 0
     pages: int = 0
 
 
 @dataclass(frozen=True)
-class DiskStats:
+class DiskStats(_Line):
     """Disk tier: bytes and pages held now, the limit, culls, and trouble.
 
     ``culls``/``cbytes``: what culling removed to stay within ``disk_limit`` (segments
@@ -146,6 +203,14 @@ class DiskStats:
     """
 
     label: ClassVar[str] = "Disk"
+    ALIASES: ClassVar[dict[str, str]] = {
+        "read_errors": "rerr",
+        "write_errors": "werr",
+        "culled": "culls",
+        "culled_bytes": "cbytes",
+        "local_copies_made": "lmade",
+        "local_copies_reused": "lhit",
+    }
     used: int = 0
     limit: int = 0
     pages: int = 0
@@ -159,7 +224,7 @@ class DiskStats:
 
 
 @dataclass(frozen=True)
-class PressureStats:
+class PressureStats(_Line):
     """The memory-pressure monitor this cache is registered with (all its caches).
 
     ``readings``: memory readings taken; ``mod``/``high``/``crit``: times each level was
@@ -169,6 +234,7 @@ class PressureStats:
     """
 
     label: ClassVar[str] = "Pressure"
+    ALIASES: ClassVar[dict[str, str]] = {"reclaimed_bytes": "rbytes", "reclaimed_pages": "rpages"}
     readings: int = 0
     mod: int = 0
     high: int = 0
@@ -197,24 +263,99 @@ class StatsSnapshot:
     def groups(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
-    def as_dict(self) -> dict[str, int]:
-        """Every counter flat, as ``{"vmscan.can": 3, ...}``."""
-        return {
+    def as_dict(self) -> dict[str, Any]:
+        """Every counter flat, as ``{"vmscan.can": 3, ...}``, then the plain names
+        (``hit_ratio``, ``bytes_from_memory``, ...; ``pressure_level`` by name)."""
+        out: dict[str, Any] = {
             f"{name}.{key}": value
             for name, group in self.groups().items()
             for key, value in dataclasses.asdict(group).items()
         }
+        out.update(self.plain())
+        return out
 
     def to_prometheus(self, labels: Mapping[str, str] | None = None) -> str:
         """The counters in the Prometheus text format (see :func:`prometheus_text`)."""
         return prometheus_text([(labels or {}, self.as_dict())])
 
+    # -- plain names ---------------------------------------------------------------------
+
+    @property
+    def hit_ratio(self) -> float:
+        """Pages served from memory or disk, of all pages served (0.0 with none)."""
+        r = self.retrievals
+        served = r.mem + r.disk + r.remote
+        return (r.mem + r.disk) / served if served else 0.0
+
+    @property
+    def bytes_from_memory(self) -> int:
+        return self.retrievals.mbytes
+
+    @property
+    def bytes_from_disk(self) -> int:
+        return self.retrievals.dbytes
+
+    @property
+    def bytes_from_remote(self) -> int:
+        return self.retrievals.rbytes
+
+    @property
+    def bytes_saved(self) -> int:
+        """Bytes the remote did not have to send: served from memory or disk."""
+        return self.retrievals.mbytes + self.retrievals.dbytes
+
+    @property
+    def stores_given_up(self) -> int:
+        return sum(dataclasses.asdict(self.unstored).values())
+
+    @property
+    def pressure_level(self) -> str:
+        """The memory-pressure level by name: NONE, MODERATE, HIGH or CRITICAL."""
+        return _LEVELS.get(self.pressure.level, str(self.pressure.level))
+
+    def plain(self) -> dict[str, float | int | str]:
+        """The summary's figures by plain name (also in ``as_dict()``)."""
+        return {name: getattr(self, name) for name in PLAIN_NAMES}
+
+    def summary(self) -> str:
+        """The figures a person asks first, in words."""
+        r, u = self.retrievals, self.unstored
+        served = r.mem + r.disk + r.remote
+        why = ", ".join(f"{v} {k}" for k, v in dataclasses.asdict(u).items() if v)
+        return "\n".join([
+            f"hit ratio {self.hit_ratio:.1%} of {served} pages read: {r.mem} from memory, "
+            f"{r.disk} from disk, {r.remote} from the remote",
+            f"bytes served: {_size(r.mbytes)} from memory, {_size(r.dbytes)} from disk, "
+            f"{_size(r.rbytes)} fetched; the remote was spared {_size(self.bytes_saved)}",
+            f"stores to disk: {self.stores.pgs} made, {_size(self.stores.pend)} pending, "
+            f"{self.stores_given_up} given up" + (f" ({why})" if why else ""),
+            f"memory pressure: {self.pressure_level}",
+        ])  # fmt: skip
+
     def __str__(self) -> str:
-        lines = []
+        """The summary in words, then FS-Cache's lines as the kernel names them."""
+        lines = [self.summary(), ""]
         for group in self.groups().values():
-            fields = " ".join(f"{k}={v}" for k, v in dataclasses.asdict(group).items())
+            values = dataclasses.asdict(group)
+            if group is self.pressure:
+                values["level"] = self.pressure_level
+            fields = " ".join(f"{k}={v}" for k, v in values.items())
             lines.append(f"{group.label:<7}: {fields}")
         return "\n".join(lines)
+
+
+#: The plain names of ``StatsSnapshot`` (attributes, and keys of ``as_dict()``).
+PLAIN_NAMES = ("hit_ratio", "bytes_from_memory", "bytes_from_disk", "bytes_from_remote",
+               "bytes_saved", "stores_given_up", "pressure_level")  # fmt: skip
+_LEVELS = {0: "NONE", 1: "MODERATE", 2: "HIGH", 3: "CRITICAL"}
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
 
 
 _GROUP_TYPES: dict[str, type] = {
@@ -243,7 +384,8 @@ def prometheus_text(
     per ``(labels, counters)`` pair, e.g. ``[({"cache": "s3"}, snap.as_dict())]``.
     Counters get the ``_total`` suffix; gauges (``GAUGES``) do not."""
     series = list(series)
-    names = sorted({name for _, counters in series for name in counters})
+    # the FS-Cache counters (``group.field``); the plain names repeat them
+    names = sorted({name for _, counters in series for name in counters if "." in name})
     lines: list[str] = []
     for name in names:
         group, field = name.split(".", 1)

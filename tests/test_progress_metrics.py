@@ -130,6 +130,8 @@ def test_prometheus_text_parses_back_to_the_counters(server: RangeServer) -> Non
         for sample in family.samples:
             got[(sample.name, sample.labels["cache"])] = sample.value
     for name, value in snap.as_dict().items():
+        if "." not in name:  # a plain name: the same figures again, for people
+            continue
         metric = "netcache_" + name.replace(".", "_")
         kind = "gauge" if name in GAUGES else "counter"
         assert families[metric].type == kind

@@ -12,6 +12,10 @@ from conftest import BS, payload
 import netcache
 
 
+def flat_plain(st: netcache.StatsSnapshot) -> dict[str, object]:
+    return {k: v for k, v in st.as_dict().items() if "." not in k}
+
+
 def test_snapshot_text_attributes_and_dict() -> None:
     mem = fsspec.filesystem("memory")
     mem.pipe_file("/s/f.bin", payload(3 * BS, 1))
@@ -24,9 +28,25 @@ def test_snapshot_text_attributes_and_dict() -> None:
     assert (st.retrievals.mem, st.retrievals.remote, st.retrievals.req) == (1, 3, 2)
     assert st.pages.n == 3 and st.pages.bytes == 3 * BS and st.pages.limit == 8 * BS
     text = str(st)
-    names = [line.split(":")[0].strip() for line in text.splitlines()]
+    summary, lines = text.split("\n\n")
+    # people first: the hit ratio, the bytes from each tier, the stores, the pressure
+    assert (
+        summary.splitlines()[0] == "hit ratio 25.0% of 4 pages read: 1 from memory, 0 "
+        "from disk, 3 from the remote"
+    )
+    assert "the remote was spared 64.0 KiB" in summary and "memory pressure: NONE" in summary
+    assert st.hit_ratio == 0.25 and st.bytes_from_memory == BS == st.bytes_saved
+    assert st.retrievals.memory == st.retrievals.mem == 1  # plain names beside the short
+    with pytest.raises(AttributeError, match=r"its fields are mem, disk.*memory \(mem\)"):
+        st.retrievals.memroy  # noqa: B018
+    assert flat_plain(st) == {"hit_ratio": 0.25, "bytes_from_memory": BS,
+                              "bytes_from_disk": 0, "bytes_from_remote": 3 * BS,
+                              "bytes_saved": BS, "stores_given_up": 0,
+                              "pressure_level": "NONE"}  # fmt: skip
+    names = [line.split(":")[0].strip() for line in lines.splitlines()]
     assert names == ["Pages", "Retrvls", "Stores", "Unstord", "VmScan", "Evict", "Invals",
                      "Disk", "Pressure"]  # fmt: skip
+    assert re.search(r"^Pressure: .* level=NONE$", text, re.M)
     assert re.search(r"^VmScan : nos=0 gon=0 bsy=0 can=0 wt=0 kep=0$", text, re.M)
     assert re.search(rf"^Retrvls: mem=1 disk=0 remote=3 rbytes={3 * BS} req=2 ", text, re.M)
     flat = st.as_dict()
