@@ -12,6 +12,7 @@ from netcache.backends.base import HEADER_SIZE, MAX_META_BYTES, decode_meta
 from netcache.backends.folder import CacheFolder, remove_at
 from netcache.backends.segments import LAYOUT, META_NAME, parse_segment_name, slots_in
 from netcache.identity import redact_url
+from netcache.livestats import read_live
 from netcache.sizes import format_size
 
 
@@ -87,19 +88,59 @@ def _read_meta(folder: CacheFolder, rel: str) -> dict[str, Any]:
         return {}
 
 
+_LEVELS = {0: "NONE", 1: "MODERATE", 2: "HIGH", 3: "CRITICAL"}
+_VMSCAN = ("nos", "gon", "bsy", "can", "wt", "kep")
+
+
+def process_summary(entry: dict[str, Any]) -> dict[str, Any]:
+    """One live process's figures: its caches in this folder summed."""
+    total: dict[str, int] = {}
+    for cache in entry.get("caches", []):
+        for name, value in cache.get("stats", {}).items():
+            if "." in name and isinstance(value, int):
+                total[name] = total.get(name, 0) + value
+    served = sum(total.get(f"retrievals.{t}", 0) for t in ("mem", "disk", "remote"))
+    hits = total.get("retrievals.mem", 0) + total.get("retrievals.disk", 0)
+    levels = [c.get("stats", {}).get("pressure.level", 0) for c in entry.get("caches", [])]
+    return {
+        "pid": entry["pid"], "rss": entry.get("rss", 0), "pages_read": served,
+        "hit_ratio": hits / served if served else 0.0,
+        "pressure_level": _LEVELS.get(max(levels, default=0), "?"),
+        "vmscan": {k: total.get(f"vmscan.{k}", 0) for k in _VMSCAN},
+        "updated": entry.get("updated", 0.0),
+    }  # fmt: skip
+
+
 def stats(cache_dir: str, as_json: bool) -> str:
+    """Live processes using ``cache_dir`` (their hit ratio, memory, pressure and VmScan
+    line), the disk tier's contents, and the totals."""
     files = scan(open_files_folder(cache_dir))
-    total = {"files": len(files), "pages": sum(f.pages for f in files),
+    procs = [process_summary(e) for e in read_live(cache_dir)]
+    read = sum(p["pages_read"] for p in procs)
+    hits = sum(p["hit_ratio"] * p["pages_read"] for p in procs)
+    total = {"processes": len(procs), "hit_ratio": hits / read if read else 0.0,
+             "files": len(files), "pages": sum(f.pages for f in files),
              "bytes": sum(f.bytes for f in files)}  # fmt: skip
     if as_json:
         rows = [{k: v for k, v in asdict(f).items() if k != "folder"} for f in files]
-        return json.dumps({"cache_dir": cache_dir, "files": rows, "total": total}, indent=2)
-    lines = [f"{'pages':>7} {'on disk':>11} {'size':>11}  url"]
+        return json.dumps({"cache_dir": cache_dir, "processes": procs, "files": rows,
+                           "total": total}, indent=2)  # fmt: skip
+    lines = [f"{len(procs)} live process(es) using {cache_dir}"]
+    if procs:
+        lines.append(f"{'pid':>8} {'hit ratio':>9} {'memory':>11} {'pressure':>9}  VmScan")
+    for p in procs:
+        vmscan = " ".join(f"{k}={v}" for k, v in p["vmscan"].items())
+        lines.append(f"{p['pid']:>8} {p['hit_ratio']:>9.1%} {format_size(p['rss']):>11} "
+                     f"{p['pressure_level']:>9}  {vmscan}")  # fmt: skip
+    lines += ["", "disk tier:", f"{'pages':>7} {'on disk':>11} {'size':>11}  url"]
     for f in sorted(files, key=lambda f: -f.bytes):
         size = format_size(f.size) if f.size is not None else "?"
         lines.append(f"{f.pages:7d} {format_size(f.bytes):>11} {size:>11}  {f.url or '?'}")
     lines.append(f"{total['pages']:7d} {format_size(total['bytes']):>11} {'':>11}  "
                  f"total, {total['files']} files")  # fmt: skip
+    lines.append(f"\ntotal: {total['processes']} process(es), hit ratio "
+                 f"{total['hit_ratio']:.1%} of {read} pages read, {total['files']} files "
+                 f"({format_size(total['bytes'])}) on disk")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -119,7 +160,7 @@ def clear(cache_dir: str, older_than: float | None, url: str | None, as_json: bo
     wanted = None if url is None else redact_url(url)
     folder = open_files_folder(cache_dir)
     for f in scan(folder):
-        if wanted is not None and f.url != wanted:
+        if wanted is not None and f.url != wanted and _without_scheme(f.url) != wanted:
             continue
         if cutoff is None:
             try:
@@ -185,3 +226,11 @@ def _older_segments(
 def _stored_pages(fd: int, pages: int) -> int:
     """Pages whose header the segment open at ``fd`` has written (not checked: a count)."""
     return slots_in(os.pread(fd, pages * HEADER_SIZE, 0), pages).bit_count()
+
+
+def _without_scheme(url: str | None) -> str | None:
+    """``url`` without its ``scheme://`` (``memory:///a`` is ``/a``, ``s3://b/k`` is
+    ``b/k``): a file given as the target names it."""
+    if url is None or "://" not in url:
+        return url
+    return url.split("://", 1)[1]

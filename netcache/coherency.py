@@ -54,6 +54,8 @@ class CookieJar:
         retries: Retries,
     ) -> None:
         self.target_id = target_id
+        #: the target's protocol, which the disk tier's metadata names URLs with
+        self.protocol = ""
         self.backend = backend
         self._writeback = writeback
         self._on_change = on_change
@@ -194,7 +196,11 @@ class CookieJar:
         }
         return {
             "format": META_FORMAT,
-            "url": redact_url(cookie.path),
+            "url": redact_url(
+                cookie.path
+                if "://" in cookie.path or not self.protocol
+                else f"{self.protocol}://{cookie.path}"
+            ),
             "size": cookie.size,
             "version": cookie.version,
             "token": cookie.token,

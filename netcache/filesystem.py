@@ -185,7 +185,9 @@ class NetCacheFileSystem(TargetPassThrough, ChainedFileSystem):
         self._reader = self._new_reader()
 
     def _new_reader(self) -> Reader:
-        context = registry.acquire(self.config, self._target_id)
+        protocol = self._target.protocol
+        protocol = protocol if isinstance(protocol, str) else protocol[0]
+        context = registry.acquire(self.config, self._target_id, protocol)
         return Reader(self._target, context, self.config.check_interval, self.offline)
 
     @property

@@ -19,6 +19,7 @@ from typing import Any
 from netcache import buffers, pressure
 from netcache.config import LIVE_SETTINGS, CacheConfig
 from netcache.context import CacheContext
+from netcache.livestats import LiveStats
 from netcache.pressure import MemoryPressureMonitor
 
 #: At interpreter exit, pending write-backs get this long to finish; the rest is dropped.
@@ -44,7 +45,7 @@ class Registry:
         #: bumped when a context is replaced: instances on it look their context up again
         self.generation = 0
 
-    def acquire(self, config: CacheConfig, target_id: str) -> CacheContext:
+    def acquire(self, config: CacheConfig, target_id: str, protocol: str = "") -> CacheContext:
         """The context of ``config``'s folder and ``target_id``, made if there is none.
         A new one is built outside the lock (it reads the disk tier's folder), then put
         in unless another thread put one in first (the one built here is then dropped:
@@ -58,7 +59,7 @@ class Registry:
         with self.lock:
             context = self.contexts.get(key)
         if context is None:
-            return self._put_new(key, config, target_id, None)
+            return self._put_new(key, config, target_id, None, protocol)
         differences = config.differences(context.config)
         if not differences:
             return context
@@ -74,11 +75,12 @@ class Registry:
                 "read through it: close them (or call netcache.close_all()), then make "
                 "the filesystem again"
             )
-        return self._put_new(key, config, target_id, context)
+        return self._put_new(key, config, target_id, context, protocol)
 
     def _put_new(self, key: tuple[object, ...], config: CacheConfig, target_id: str,
-                 replacing: CacheContext | None) -> CacheContext:  # fmt: skip
+                 replacing: CacheContext | None, protocol: str) -> CacheContext:  # fmt: skip
         built = CacheContext(config, target_id)
+        built.cookies.protocol = protocol
         with self.lock:
             current = self.contexts.get(key)
             if current is not replacing and current is not None:
@@ -89,12 +91,13 @@ class Registry:
                     self.generation += 1  # instances on the old context look again
         if context is not built:
             built.close(0.0)
-            return self.acquire(config, target_id)
+            return self.acquire(config, target_id, protocol)
         if replacing is not None:
             if replacing.config.memory_monitor is not None:
                 replacing.config.memory_monitor.unregister(replacing.page_cache)
             replacing.close(EXIT_DRAIN_SECONDS)
         built.watch_memory()
+        live_stats.watch(built)
         return built
 
     def in_use(self) -> list[CacheContext]:
@@ -120,6 +123,7 @@ class Registry:
 
 
 registry = Registry()
+live_stats = LiveStats()
 _default: MemoryPressureMonitor | None = None
 _default_lock = threading.Lock()
 
@@ -170,6 +174,7 @@ def _environment_settings() -> dict[str, Any]:
 def close_all(drain_timeout: float = EXIT_DRAIN_SECONDS) -> bool:
     """Store what is pending (for at most ``drain_timeout`` seconds), then close every
     cache of this process. Runs by itself at interpreter exit."""
+    live_stats.stop()
     return registry.close_all(drain_timeout)
 
 
@@ -187,6 +192,7 @@ def _after_fork_in_child() -> None:
     global _default_lock
     _default_lock = threading.Lock()
     registry.reset_after_fork()
+    live_stats.reset_after_fork()
     buffers.reset_after_fork()
     pressure.reset_tokens_after_fork()
     if _default is not None:
