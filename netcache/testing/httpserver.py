@@ -11,6 +11,7 @@ import argparse
 import email.utils
 import hashlib
 import json
+import os
 import random
 import re
 import socket
@@ -328,13 +329,35 @@ def main() -> None:
     parser.add_argument("--latency-ms", type=float, default=0.0)
     parser.add_argument("--size-mib", type=int, default=64, help="size of /big.bin")
     parser.add_argument("--small-files", type=int, default=0, help="count of /small/N.bin")
+    parser.add_argument("--folder", help="serve the files under this folder instead "
+                        "(read into memory at start), at their paths under it")  # fmt: skip
     args = parser.parse_args()
+    files = folder_files(args.folder) if args.folder else generated_files(args)
+    server = RangeServer(files, port=args.port, latency=args.latency_ms / 1000)
+    print(server.url, flush=True)
+    if args.folder:
+        print(f"serving {len(files)} files of {args.folder}, e.g. {server.url}/"
+              f"{next(iter(files), '')}", file=sys.stderr, flush=True)  # fmt: skip
+    server.serve_forever()
+
+
+def generated_files(args: argparse.Namespace) -> dict[str, bytes]:
     files = {"big.bin": random_bytes(args.size_mib << 20)}
     for i in range(args.small_files):
         files[f"small/{i}.bin"] = random_bytes(1 << 20, seed=i + 1)
-    server = RangeServer(files, port=args.port, latency=args.latency_ms / 1000)
-    print(server.url, flush=True)
-    server.serve_forever()
+    return files
+
+
+def folder_files(folder: str) -> dict[str, bytes]:
+    """Every regular file under ``folder`` (links not followed), by its path under it."""
+    files = {}
+    for parent, _, names in os.walk(folder):
+        for name in sorted(names):
+            path = os.path.join(parent, name)
+            if os.path.isfile(path) and not os.path.islink(path):
+                with open(path, "rb") as f:
+                    files[os.path.relpath(path, folder).replace(os.sep, "/")] = f.read()
+    return files
 
 
 if __name__ == "__main__":
