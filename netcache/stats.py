@@ -9,11 +9,12 @@
 from __future__ import annotations
 
 import dataclasses
-import re
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
+
+from netcache.prometheus import prometheus_text as render_prometheus
 
 
 class _Line:
@@ -377,42 +378,13 @@ GAUGES = frozenset(
 
 
 def prometheus_text(
-    series: Iterable[tuple[Mapping[str, str], Mapping[str, int]]], prefix: str = "netcache"
+    series: Iterable[tuple[Mapping[str, str], Mapping[str, Any]]], prefix: str = "netcache"
 ) -> str:
     """Render flat counters (``StatsSnapshot.as_dict()``, or one worker's entry of
     ``netcache.dask.cluster_stats``) in the Prometheus text exposition format, one sample
-    per ``(labels, counters)`` pair, e.g. ``[({"cache": "s3"}, snap.as_dict())]``.
-    Counters get the ``_total`` suffix; gauges (``GAUGES``) do not."""
-    series = list(series)
-    # the FS-Cache counters (``group.field``); the plain names repeat them
-    names = sorted({name for _, counters in series for name in counters if "." in name})
-    lines: list[str] = []
-    for name in names:
-        group, field = name.split(".", 1)
-        kind = "gauge" if name in GAUGES else "counter"
-        metric = f"{prefix}_{group}_{field}" + ("_total" if kind == "counter" else "")
-        doc = (_GROUP_TYPES[group].__doc__ or group).strip().splitlines()[0]
-        lines.append(f"# HELP {metric} {_GROUP_TYPES[group].label} {field}: {doc}")
-        lines.append(f"# TYPE {metric} {kind}")
-        for labels, counters in series:
-            if name in counters:
-                lines.append(f"{metric}{_labels(labels)} {int(counters[name])}")
-    return "\n".join(lines) + "\n"
-
-
-def _labels(labels: Mapping[str, str]) -> str:
-    if not labels:
-        return ""
-    parts = []
-    for key, value in sorted(labels.items()):
-        if not _LABEL_NAME.fullmatch(key):
-            raise ValueError(f"label name {key!r} must match {_LABEL_NAME.pattern}")
-        text = str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-        parts.append(f'{key}="{text}"')
-    return "{" + ",".join(parts) + "}"
-
-
-_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+    per ``(labels, counters)`` pair, e.g. ``[({"cache": "s3"}, snap.as_dict())]``: see
+    :mod:`netcache.prometheus` for the names."""
+    return render_prometheus(series, GAUGES, prefix)
 
 
 class Counters:

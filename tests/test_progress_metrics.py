@@ -11,6 +11,7 @@ from conftest import BS, GatedBackend, MiB, http_fs, payload
 from fsspec.callbacks import Callback
 
 import netcache
+from netcache.prometheus import metric_of
 from netcache.stats import GAUGES, prometheus_text
 from netcache.testing.httpserver import RangeServer
 
@@ -125,21 +126,27 @@ def test_prometheus_text_parses_back_to_the_counters(server: RangeServer) -> Non
         [({"cache": 'http "a"\\b'}, snap.as_dict()), ({"cache": "other"}, {"pages.n": 7})]
     )
     families = {f.name: f for f in parser.text_string_to_metric_families(text)}
-    got: dict[tuple[str, str], float] = {}
+    got: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
     for family in families.values():
+        assert family.documentation and family.documentation != family.name  # says what
         for sample in family.samples:
-            got[(sample.name, sample.labels["cache"])] = sample.value
+            got[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
     for name, value in snap.as_dict().items():
         if "." not in name:  # a plain name: the same figures again, for people
             continue
-        metric = "netcache_" + name.replace(".", "_")
-        kind = "gauge" if name in GAUGES else "counter"
-        assert families[metric].type == kind
-        sample = metric + ("_total" if kind == "counter" else "")
-        assert got[(sample, 'http "a"\\b')] == value
-    assert got[("netcache_pages_n", "other")] == 7
+        metric, labels, kind = metric_of(name, GAUGES)
+        # the parser names a counter's family without its _total
+        family = "netcache_" + (metric.removesuffix("_total") if kind == "counter" else metric)
+        assert families[family].type == kind
+        key = tuple(sorted({"cache": 'http "a"\\b', **labels}.items()))
+        assert got[("netcache_" + metric, key)] == value, name
+    assert got[("netcache_pages_n", (("cache", "other"),))] == 7
     # pages 1-3 came with the version (a first look) and were read from memory, then 1
-    assert got[("netcache_retrievals_mem_total", 'http "a"\\b')] == 4 == snap.retrievals.mem
+    memory = (("cache", 'http "a"\\b'), ("tier", "memory"))
+    assert got[("netcache_pages_served_total", memory)] == 4 == snap.retrievals.mem
+    # Prometheus's conventions: outcomes are labels of one metric, with its HELP
+    assert 'netcache_vmscan_pages_total{outcome="cancelled"}' in snap.to_prometheus()
+    assert "# HELP netcache_vmscan_pages_total Pages reclaim asked" in snap.to_prometheus()
     assert snap.to_prometheus() == prometheus_text([({}, snap.as_dict())])
     with pytest.raises(ValueError, match="label name"):
         snap.to_prometheus({"bad-name": "x"})

@@ -57,3 +57,17 @@ def test_snapshot_text_attributes_and_dict() -> None:
     # a snapshot does not move when the cache does
     fs.cat_file("/s/f.bin")
     assert st.retrievals.mem == 1 and fs.stats().retrievals.mem == 4
+
+
+def test_process_stats_has_every_counter_even_with_no_cache() -> None:
+    """``cluster_stats`` gives every worker the same keys: zero where nothing was read."""
+    from netcache.dask import process_stats
+    from netcache.stats import COUNTER_NAMES
+
+    empty = process_stats()
+    assert set(empty) == set(COUNTER_NAMES) and not any(empty.values())
+    mem = fsspec.filesystem("memory")
+    mem.pipe_file("/ps/f.bin", payload(BS, 3))
+    netcache.NetCacheFileSystem(fs=mem, cache_dir=False, block_size=BS).cat_file("/ps/f.bin")
+    busy = process_stats()
+    assert set(busy) == set(COUNTER_NAMES) and busy["retrievals.remote"] == 1
