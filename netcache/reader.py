@@ -14,22 +14,18 @@ from typing import Any
 from fsspec import AbstractFileSystem
 from fsspec.callbacks import DEFAULT_CALLBACK, Callback
 
-from netcache.buffers import PageBuffer, PageFiller
+from netcache.buffers import PageFiller
 from netcache.context import CacheContext
 from netcache.cookie import FileCookie
-from netcache.errors import FileChangedError, ShortReadError
+from netcache.errors import FileChangedError
 from netcache.firstlook import Looked, Span, first_look, first_looks, look_spans
-from netcache.identity import redact_url
-from netcache.page import page_keys
 from netcache.readahead import READAHEAD_CHUNK_BYTES
+from netcache.wholefile import local_copy
 
 #: A range about to be read: ``(start, end)``, None for the start or the end of the file.
 Reading = tuple[int | None, int | None]
 #: What an open or a whole-file read is about to read (for a first look: its first bytes).
 WHOLE: tuple[Reading] = ((None, None),)
-#: Chunks of ``READAHEAD_CHUNK_BYTES`` a local copy asks the remote for at once (the
-#: next group is fetched while one is written: two groups in memory at most).
-_LOCAL_AHEAD = 4
 # Longest prefetch waits for the disk tier between chunks; a stalled disk slows a
 # prefetch down, it never stops it.
 _PREFETCH_STORE_WAIT = 10.0
@@ -51,8 +47,8 @@ class Reader:
         self.check_interval = check_interval
         self.offline = offline
         self.block_size = context.config.block_size
-        # whether fetches that cannot be pinned to a version are checked after the fact
-        self._verify = check_interval is not None
+        #: whether fetches that cannot be pinned to a version are checked after the fact
+        self.verify = check_interval is not None
 
     # -- versions ------------------------------------------------------------------------
 
@@ -124,7 +120,7 @@ class Reader:
         Returns how many of ``pages``, from the first, are resident or on their way; the
         others were not started (too much read-ahead in flight, or memory pressure)."""
         request_bytes = None if request_pages is None else request_pages * self.block_size
-        return self.context.readahead.start(self.target, cookie, pages, self._verify,
+        return self.context.readahead.start(self.target, cookie, pages, self.verify,
                                             request_bytes)  # fmt: skip
 
     def read_pages(self, cookie: FileCookie, start: int, end: int) -> bytes:
@@ -133,7 +129,7 @@ class Reader:
         # resident pages first, with no more calls than needed: the path of a warm read
         data = fetcher.read_resident(cookie, start, end)
         if data is None:
-            return fetcher.read_ranges(self.target, [(cookie, start, end)], self._verify)[0]
+            return fetcher.read_ranges(self.target, [(cookie, start, end)], self.verify)[0]
         return data
 
     def cat_file(self, tpath: str, start: int | None, end: int | None) -> bytes:
@@ -178,85 +174,9 @@ class Reader:
         return total
 
     def local_copy(self, tpath: str) -> str:
-        """The path of a complete local copy of ``tpath``'s current version, in the disk
-        tier's folder: one made before and checked, or made now from the pages held,
-        the rest fetched ahead concurrently as a sequential reader's are."""
-        backend = self.context.backend
-        copies = getattr(backend, "local_copies", None)
-        if copies is None:
-            raise ValueError(
-                "open_local needs a disk tier in a folder: cache_dir=<a path> (not False, "
-                "nor a Backend instance without local copies)"
-            )
-        cookie = self.pin_version(tpath, reading=WHOLE)
-        size = cookie.size or 0
-        found = copies.find(cookie.file_id, cookie.version, size)
-        if found is not None:
-            self.context.counters.add("disk.lhit")
-            return found  # type: ignore[no-any-return]
-        path = copies.write(cookie.file_id, cookie.version, size, self._in_order(cookie))
-        self.context.counters.add("disk.lmade")
-        return path  # type: ignore[no-any-return]
-
-    def _in_order(self, cookie: FileCookie) -> Iterator[list[PageBuffer]]:
-        """The file's bytes in order, in chunks of buffers: resident pages from memory,
-        the rest straight from the remote, ``_LOCAL_AHEAD`` requests at once (a
-        whole-file copy neither admits nor stores what it fetches: the copy is it)."""
-        size = cookie.size or 0
-        step = max(1, READAHEAD_CHUNK_BYTES // self.block_size) * self.block_size
-        spans = [(lo, min(size, lo + step)) for lo in range(0, size, step)]
-        groups = [spans[i : i + _LOCAL_AHEAD] for i in range(0, len(spans), _LOCAL_AHEAD)]
-        workers = self.context.file_workers
-        # the next group's requests go out while this one is written (a worker never
-        # waits for another: it claims no page)
-        pending = workers.submit(self._spans_now, cookie, groups[0]) if groups else None
-        for k, group in enumerate(groups):
-            assert pending is not None
-            held = pending.result()
-            more = k + 1 < len(groups)
-            pending = workers.submit(self._spans_now, cookie, groups[k + 1]) if more else None
-            for span in group:
-                yield held.pop(span)
-
-    def _spans_now(self, cookie: FileCookie, spans: list[Span]) -> dict[Span, list[PageBuffer]]:
-        """Each span's bytes, as buffers in order: runs of resident pages from memory,
-        the other runs from the remote (all of them at once)."""
-        fetcher = self.context.fetcher
-        runs = {span: self._runs_by_residence(cookie, span) for span in spans}
-        got: dict[Span, list[PageBuffer]] = {}
-        for span_runs in runs.values():
-            for lo, hi, resident in span_runs:
-                data = fetcher.read_resident(cookie, lo, hi) if resident else None
-                if data is not None:  # (None if evicted since: fetched with the rest)
-                    got[lo, hi] = [data]
-        missing = [(lo, hi) for rs in runs.values() for lo, hi, _ in rs if (lo, hi) not in got]
-        if missing:
-            starts, ends = [lo for lo, _ in missing], [hi for _, hi in missing]
-            answers = fetcher.remote_ranges(self.target, cookie, starts, ends, self._verify)
-            for (lo, hi), answer in zip(missing, answers, strict=True):
-                if answer.received != hi - lo:
-                    where = redact_url(cookie.path)
-                    raise ShortReadError(
-                        f"{where}: asked for bytes {lo}-{hi}, the remote sent {answer.received}"
-                    )
-                got[lo, hi] = list(answer.pages)
-        return {span: [buf for lo, hi, _ in rs for buf in got[lo, hi]] for span, rs in runs.items()}
-
-    def _runs_by_residence(self, cookie: FileCookie, span: Span) -> list[tuple[int, int, bool]]:
-        """``span`` cut into runs of pages that are all resident, or all not."""
-        bs = self.block_size
-        lo, hi = span
-        indices = range(lo // bs, -(-hi // bs))
-        keys = page_keys(cookie.file_id, cookie.version, indices)
-        absent = {key.index for key in self.context.page_cache.absent(keys)}
-        out: list[tuple[int, int, bool]] = []
-        for index in indices:
-            page_lo, page_hi, resident = index * bs, min(hi, (index + 1) * bs), index not in absent
-            if out and out[-1][2] == resident:
-                out[-1] = (out[-1][0], page_hi, resident)
-            else:
-                out.append((page_lo, page_hi, resident))
-        return out
+        """The path of a complete local copy of ``tpath``'s current version (see
+        :func:`netcache.wholefile.local_copy`)."""
+        return local_copy(self, tpath)
 
     # -- many ranges at once ---------------------------------------------------------------
 
@@ -357,7 +277,7 @@ class Reader:
         try:
             ranges = [(cookie, *absolute_range(cookie.size or 0, s, e))
                       for s, e in zip(starts, ends, strict=True)]  # fmt: skip
-            return self.context.fetcher.read_ranges(self.target, ranges, self._verify)
+            return self.context.fetcher.read_ranges(self.target, ranges, self.verify)
         except Exception:
             if on_error != "return":
                 raise

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from netcache.prometheus import prometheus_text as render_prometheus
+from netcache.sizes import format_size as size
 
 
 class _Line:
@@ -326,9 +327,9 @@ class StatsSnapshot:
         return "\n".join([
             f"hit ratio {self.hit_ratio:.1%} of {served} pages read: {r.mem} from memory, "
             f"{r.disk} from disk, {r.remote} from the remote",
-            f"bytes served: {_size(r.mbytes)} from memory, {_size(r.dbytes)} from disk, "
-            f"{_size(r.rbytes)} fetched; the remote was spared {_size(self.bytes_saved)}",
-            f"stores to disk: {self.stores.pgs} made, {_size(self.stores.pend)} pending, "
+            f"bytes served: {size(r.mbytes)} from memory, {size(r.dbytes)} from disk, "
+            f"{size(r.rbytes)} fetched; the remote was spared {size(self.bytes_saved)}",
+            f"stores to disk: {self.stores.pgs} made, {size(self.stores.pend)} pending, "
             f"{self.stores_given_up} given up" + (f" ({why})" if why else ""),
             f"memory pressure: {self.pressure_level}",
         ])  # fmt: skip
@@ -349,14 +350,6 @@ class StatsSnapshot:
 PLAIN_NAMES = ("hit_ratio", "bytes_from_memory", "bytes_from_disk", "bytes_from_remote",
                "bytes_saved", "stores_given_up", "pressure_level")  # fmt: skip
 _LEVELS = {0: "NONE", 1: "MODERATE", 2: "HIGH", 3: "CRITICAL"}
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return str(n)
 
 
 _GROUP_TYPES: dict[str, type] = {

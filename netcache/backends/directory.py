@@ -80,18 +80,8 @@ class DirectoryBackend(Backend):
     cleared and the page stored again from the remote. Folders are ``0o700``, files
     ``0o600``.
 
-    Why segments: one file per page cost an inode allocation and a rename on every
-    store, and pages read back one file at a time after they left the OS page cache. A
-    store is now one open of the segment, one write of a run of pages' bytes and one of
-    their headers, and the kernel reads a segment ahead as one file (figures in
-    ``docs/measurements.md``).
-
-    Writing: whole pages' bytes go around the OS page cache (``O_DIRECT``) where the
-    filesystem and the block size allow it; headers, and a file's short last page, go
-    through it. Those bytes are in the memory tier already: a page-cache copy would hold
-    them in memory twice, and allocating it cost the write-back most of its CPU. A page
-    read back soon after it left the memory tier then comes from the device. The first
-    write the filesystem refuses (tmpfs, some FUSE ones) turns it off.
+    Why segments, and why whole pages are written around the OS page cache
+    (``O_DIRECT``, where the filesystem takes it): ``docs/design.md``.
 
     Sharing: readers and writers in several processes may use one folder, lock-free.
     Two processes storing the same page write the same bytes; a reader sees a page only
