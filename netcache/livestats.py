@@ -49,6 +49,7 @@ class LiveStats:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._started = process_started(os.getpid()) or time.time()
+        self._last: dict[str, str] = {}  # folder -> the counters written last
 
     def watch(self, context: CacheContext) -> None:
         """Publish ``context``'s counters from now on (if it has a folder that opened)."""
@@ -91,6 +92,10 @@ class LiveStats:
         for context in contexts:
             snap = context.stats()
             caches.append({"target": context.target_id, "stats": snap.as_dict()})
+        counters = json.dumps(caches)
+        if self._last.get(cache_dir) == counters:
+            return  # nothing moved: an idle process does not rewrite its file
+        self._last[cache_dir] = counters
         blob = json.dumps({
             "pid": os.getpid(), "started": self._started, "updated": time.time(),
             "rss": psutil.Process().memory_info().rss, "caches": caches,
@@ -104,6 +109,7 @@ class LiveStats:
         with self._lock:
             contexts, self._contexts = self._contexts, []
             thread, self._thread = self._thread, None
+            self._last = {}
         if thread is not None and thread is not threading.current_thread():
             thread.join(PUBLISH_SECONDS * 2)
         for cache_dir in {str(c.config.cache_dir) for c in contexts}:
@@ -122,6 +128,7 @@ class LiveStats:
         self._thread = None
         self._stop = threading.Event()
         self._started = time.time()
+        self._last = {}
 
 
 def read_live(cache_dir: str) -> list[dict[str, Any]]:
