@@ -315,6 +315,9 @@ def main() -> None:
     parser.add_argument("--size-mib", type=int, default=256)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--latency-ms", default="0,20", help="comma-separated")
+    parser.add_argument("--bandwidth-mib", type=float, default=0.0,
+                        help="the object-store model: MiB/s each connection gets at most "
+                             "(0: loopback speed; S3 gives about 64)")  # fmt: skip
     parser.add_argument("--only", type=lambda s: s.split(","), default=None,
                         help="comma-separated caches to run (default: all)")  # fmt: skip
     parser.add_argument("--workloads", type=lambda s: s.split(","), default=list(ALL),
@@ -339,8 +342,10 @@ def main() -> None:
     try:
         assert server.stdout is not None
         url = server.stdout.readline().strip()
+        control(url, f"bandwidth/{opts.bandwidth_mib * MiB}")
+        cap = f", {opts.bandwidth_mib:g} MiB/s per connection" if opts.bandwidth_mib else ""
         print(f"# netcache read benchmark: {opts.size_mib} MiB file, {os.cpu_count()} cores, "
-              f"server {url} in another process")  # fmt: skip
+              f"server {url} in another process{cap}")  # fmt: skip
         for latency_ms in opts.latency_ms.split(","):
             latency = float(latency_ms) / 1000
             saved = opts.random

@@ -101,3 +101,26 @@ def test_many_ranges_go_out_together_in_the_targets_batches() -> None:
         assert got == [data[s:e] for s, e in zip(starts, ends, strict=True)]
         assert srv.gets == len(starts)
         assert 1 < srv.most_in_flight <= 8
+
+
+def test_the_object_store_model_paces_each_connection_and_changes_no_byte() -> None:
+    """RangeServer's bandwidth cap (benchmarks' object-store model): answers stay whole
+    and exact; the cap is set per server and over the control endpoint. (How fast is
+    measured in benchmarks/, never asserted here.)"""
+    import urllib.request
+
+    from netcache.testing import RangeServer, random_bytes
+
+    data = random_bytes(300_000, 4)
+    with RangeServer({"m.bin": data}, latency=0.001, bandwidth=64 << 20) as srv:
+        fs = netcache.NetCacheFileSystem(target_protocol="http", cache_dir=False,
+                                         block_size=64 << 10, memory_monitor=False,
+                                         skip_instance_cache=True)  # fmt: skip
+        url = f"{srv.url}/m.bin"
+        assert (
+            fs.cat_file(url) == data and fs.cat_file(url, 70_000, 200_001) == data[70_000:200_001]
+        )
+        urllib.request.urlopen(f"{srv.url}/_control/bandwidth/{8 << 20}").read()
+        assert srv.bandwidth == 8 << 20
+        urllib.request.urlopen(f"{srv.url}/_control/bandwidth/0").read()
+        assert srv.bandwidth is None

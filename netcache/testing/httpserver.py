@@ -24,6 +24,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+#: Bytes written at a time by a paced answer.
+_PACE_BYTES = 64 << 10
 
 
 def random_bytes(n: int, seed: int = 0) -> bytes:
@@ -53,10 +55,18 @@ class RangeServer:
     ``range_limit`` (answer at most that many bytes of a range, saying so in
     Content-Range, as some servers do), ``range_shift`` (answer a range that many bytes
     early), ``ignore_if_match`` (serve the current version whatever ``If-Match`` asks).
+
+    The object-store model: ``latency`` seconds before each answer, and ``bandwidth``
+    bytes per second at most on each connection (None: loopback speed), as S3 gives
+    each connection its own stream of about 60-90 MB/s.
     """
 
     def __init__(
-        self, files: dict[str, bytes] | None = None, port: int = 0, latency: float = 0.0
+        self,
+        files: dict[str, bytes] | None = None,
+        port: int = 0,
+        latency: float = 0.0,
+        bandwidth: float | None = None,
     ) -> None:
         self._lock = threading.Lock()
         self._files: dict[str, _File] = {}
@@ -64,6 +74,8 @@ class RangeServer:
         for path, data in (files or {}).items():
             self.put(path, data)
         self.latency = latency
+        #: bytes per second each connection's answers are paced to (None: no cap)
+        self.bandwidth: float | None = bandwidth
         self.ignore_ranges = False
         self.hide_size = False
         self.short_by = 0
@@ -214,12 +226,15 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _control(self, owner: RangeServer) -> None:
         """``/_control/stats`` (JSON counts), ``/_control/reset``,
-        ``/_control/latency/<seconds>``: for a server in another process."""
+        ``/_control/latency/<seconds>``, ``/_control/bandwidth/<bytes per second, 0 for
+        none>``: for a server in another process."""
         parts = self.path.split("/")[2:]
         if parts[:1] == ["reset"]:
             owner.reset_counts()
         elif parts[:1] == ["latency"] and len(parts) == 2:
             owner.latency = float(parts[1])
+        elif parts[:1] == ["bandwidth"] and len(parts) == 2:
+            owner.bandwidth = float(parts[1]) or None
         counts = owner.counts()
         del counts["most_in_flight"]
         body = json.dumps(counts).encode()
@@ -320,20 +335,36 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if body:
             owner._sent(len(payload))  # before writing: the client may be faster
+            self._write_paced(payload, owner.bandwidth)
+
+    def _write_paced(self, payload: memoryview, bandwidth: float | None) -> None:
+        """Write ``payload``, at most ``bandwidth`` bytes per second on this connection
+        (each connection has its own handler thread, so each is paced on its own)."""
+        if not bandwidth:
             self.wfile.write(payload)
+            return
+        started = time.monotonic()
+        for off in range(0, len(payload), _PACE_BYTES):
+            self.wfile.write(payload[off : off + _PACE_BYTES])
+            ahead = started + (off + _PACE_BYTES) / bandwidth - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--latency-ms", type=float, default=0.0)
+    parser.add_argument("--bandwidth-mib", type=float, default=0.0,
+                        help="MiB/s each connection gets at most (0: no cap)")  # fmt: skip
     parser.add_argument("--size-mib", type=int, default=64, help="size of /big.bin")
     parser.add_argument("--small-files", type=int, default=0, help="count of /small/N.bin")
     parser.add_argument("--folder", help="serve the files under this folder instead "
                         "(read into memory at start), at their paths under it")  # fmt: skip
     args = parser.parse_args()
     files = folder_files(args.folder) if args.folder else generated_files(args)
-    server = RangeServer(files, port=args.port, latency=args.latency_ms / 1000)
+    server = RangeServer(files, port=args.port, latency=args.latency_ms / 1000,
+                         bandwidth=args.bandwidth_mib * (1 << 20) or None)  # fmt: skip
     print(server.url, flush=True)
     if args.folder:
         print(f"serving {len(files)} files of {args.folder}, e.g. {server.url}/"
