@@ -58,16 +58,16 @@ class LiveStats:
         with self._lock:
             self._contexts.append(context)
             start = self._thread is None
-            if start:
-                self._thread = threading.Thread(target=self._run, daemon=True,
-                                                name="netcache-livestats")  # fmt: skip
+            if start:  # the thread keeps the event it was started with
+                self._thread = threading.Thread(target=self._run, args=(self._stop,),
+                                                daemon=True, name="netcache-livestats")  # fmt: skip
         if start:
             assert self._thread is not None
             self._thread.start()
         self.publish()
 
-    def _run(self) -> None:
-        while not self._stop.wait(PUBLISH_SECONDS):
+    def _run(self, stop: threading.Event) -> None:
+        while not stop.wait(PUBLISH_SECONDS):
             self.publish()
 
     def publish(self) -> None:
@@ -105,11 +105,12 @@ class LiveStats:
 
     def stop(self) -> None:
         """Stop publishing and remove this process's files (a clean end)."""
-        self._stop.set()
         with self._lock:
             contexts, self._contexts = self._contexts, []
             thread, self._thread = self._thread, None
+            stop, self._stop = self._stop, threading.Event()  # the next thread's
             self._last = {}
+        stop.set()
         if thread is not None and thread is not threading.current_thread():
             thread.join(PUBLISH_SECONDS * 2)
         for cache_dir in {str(c.config.cache_dir) for c in contexts}:
@@ -119,7 +120,6 @@ class LiveStats:
             except OSError as exc:  # left behind: readers ignore it once this pid is gone
                 logger.warning("netcache: could not remove live stats in %s (%r)",
                                cache_dir, exc)  # fmt: skip
-        self._stop = threading.Event()
 
     def reset_after_fork(self) -> None:
         """In a forked child: nothing published yet, no thread."""
