@@ -27,7 +27,8 @@ from fsspec import AbstractFileSystem
 from fsspec.asyn import sync
 
 from netcache.buffers import PageFiller
-from netcache.http import gather_bounded, streams_pages
+from netcache.concurrency import gather_bounded
+from netcache.http import streams_pages
 from netcache.identity import redact_url
 from netcache.retry import Retries, is_transient
 from netcache.s3 import get_ranges_async as get_s3_ranges

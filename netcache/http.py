@@ -14,10 +14,8 @@ for others.
 
 from __future__ import annotations
 
-import asyncio
 import sys
-from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import Any
 
 from fsspec import AbstractFileSystem
 from fsspec.asyn import sync
@@ -25,6 +23,7 @@ from fsspec.asyn import sync
 from netcache._compat import has_fsspecs_http_requests, raise_not_found_for_status
 from netcache.answers import Pin
 from netcache.buffers import PageFiller
+from netcache.concurrency import gather_bounded
 from netcache.identity import redact_url
 
 
@@ -111,22 +110,3 @@ async def _get_ranges(
         if isinstance(answer, BaseException):
             raise answer
     return answers  # type: ignore[return-value]
-
-
-T = TypeVar("T")
-#: Requests in flight at once for one call, where the target sets no batch size.
-MAX_CONCURRENT_REQUESTS = 32
-
-
-async def gather_bounded(
-    coros: list[Coroutine[Any, Any, T]], limit: int | None
-) -> list[T | BaseException]:
-    """Run ``coros``, at most ``limit`` (default ``MAX_CONCURRENT_REQUESTS``) at once;
-    each one's result or exception, in order (every one runs to its end)."""
-    gate = asyncio.Semaphore(limit or MAX_CONCURRENT_REQUESTS)
-
-    async def gated(coro: Coroutine[Any, Any, T]) -> T:
-        async with gate:
-            return await coro
-
-    return await asyncio.gather(*(gated(c) for c in coros), return_exceptions=True)

@@ -12,7 +12,6 @@ and importing netcache does not load it (nor botocore) for others.
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from typing import Any
 
@@ -22,12 +21,9 @@ from fsspec.asyn import sync
 from netcache._compat import call_s3, s3_error_wrapper
 from netcache.answers import Pin
 from netcache.buffers import PageFiller
+from netcache.concurrency import MAX_CONCURRENT_REQUESTS, gather_bounded
 from netcache.errors import FileChangedError
 from netcache.identity import redact_url
-
-#: Requests in flight at once per call, unless the target sets ``batch_size`` (as s3fs's
-#: own ``cat_ranges`` does): a read of many ranges must not open as many connections.
-MAX_CONCURRENT_REQUESTS = 32
 
 
 def is_s3(target: AbstractFileSystem) -> bool:
@@ -73,8 +69,6 @@ async def get_ranges_async(
     if if_match is not None:
         condition["IfMatch"] = if_match
 
-    gate = asyncio.Semaphore(getattr(target, "batch_size", None) or MAX_CONCURRENT_REQUESTS)
-
     async def request(start: int, end: int) -> tuple[dict[str, Any], PageFiller]:
         # s3fs's own request path: its options, retries and error translation
         answer = await call_s3(
@@ -102,20 +96,19 @@ async def get_ranges_async(
     retry = s3_error_wrapper()
 
     async def one(start: int, end: int) -> tuple[dict[str, Any], PageFiller]:
-        async with gate:
-            try:
-                if retry is None:
-                    return await request(start, end)
-                return await retry(request, args=(start, end), retries=target.retries)  # type: ignore[no-any-return]
-            except OSError as exc:
-                if _precondition_failed(exc):
-                    # from None: the client's error holds the URL whole
-                    raise FileChangedError(f"{redact_url(path)} changed while open") from None
-                raise
+        try:
+            if retry is None:
+                return await request(start, end)
+            return await retry(request, args=(start, end), retries=target.retries)  # type: ignore[no-any-return]
+        except OSError as exc:
+            if _precondition_failed(exc):
+                # from None: the client's error holds the URL whole
+                raise FileChangedError(f"{redact_url(path)} changed while open") from None
+            raise
 
     # every request runs to its end (bodies closed) before the first error is raised
-    answers = await asyncio.gather(*(one(start, end) for start, end in ranges),
-                                   return_exceptions=True)  # fmt: skip
+    limit = getattr(target, "batch_size", None) or MAX_CONCURRENT_REQUESTS
+    answers = await gather_bounded([one(start, end) for start, end in ranges], limit)
     for answer in answers:
         if isinstance(answer, BaseException):
             raise answer
