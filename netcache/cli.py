@@ -14,6 +14,7 @@ from netcache.backends.segments import LAYOUT, META_NAME, parse_segment_name, sl
 from netcache.identity import redact_url
 from netcache.livestats import read_live
 from netcache.sizes import format_size
+from netcache.stats import level_name
 
 
 @dataclass
@@ -88,7 +89,6 @@ def _read_meta(folder: CacheFolder, rel: str) -> dict[str, Any]:
         return {}
 
 
-_LEVELS = {0: "NONE", 1: "MODERATE", 2: "HIGH", 3: "CRITICAL"}
 _VMSCAN = ("nos", "gon", "bsy", "can", "wt", "kep")
 
 
@@ -105,7 +105,7 @@ def process_summary(entry: dict[str, Any]) -> dict[str, Any]:
     return {
         "pid": entry["pid"], "rss": entry.get("rss", 0), "pages_read": served,
         "hit_ratio": hits / served if served else 0.0,
-        "pressure_level": _LEVELS.get(max(levels, default=0), "?"),
+        "pressure_level": level_name(max(levels, default=0)),
         "vmscan": {k: total.get(f"vmscan.{k}", 0) for k in _VMSCAN},
         "updated": entry.get("updated", 0.0),
     }  # fmt: skip

@@ -133,10 +133,6 @@ class CacheConfig:
                                f"{name}={_as_given(f.name, mine)}")  # fmt: skip
         return out
 
-    def conflicts(self, other: CacheConfig) -> list[str]:
-        """``differences`` as a list of phrases."""
-        return list(self.differences(other).values())
-
     def registry_key(self, target_id: str) -> tuple[object, ...]:
         """Which shared cache this config uses: one per folder (or backend) and target;
         a memory-only cache is shared only by instances with all the same settings, so

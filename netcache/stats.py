@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from netcache.policies.release import PressureLevel
 from netcache.prometheus import prometheus_text as render_prometheus
 from netcache.sizes import format_size as size
 
@@ -313,7 +314,7 @@ class StatsSnapshot:
     @property
     def pressure_level(self) -> str:
         """The memory-pressure level by name: NONE, MODERATE, HIGH or CRITICAL."""
-        return _LEVELS.get(self.pressure.level, str(self.pressure.level))
+        return level_name(self.pressure.level)
 
     def plain(self) -> dict[str, float | int | str]:
         """The summary's figures by plain name (also in ``as_dict()``)."""
@@ -349,7 +350,14 @@ class StatsSnapshot:
 #: The plain names of ``StatsSnapshot`` (attributes, and keys of ``as_dict()``).
 PLAIN_NAMES = ("hit_ratio", "bytes_from_memory", "bytes_from_disk", "bytes_from_remote",
                "bytes_saved", "stores_given_up", "pressure_level")  # fmt: skip
-_LEVELS = {0: "NONE", 1: "MODERATE", 2: "HIGH", 3: "CRITICAL"}
+
+
+def level_name(level: int) -> str:
+    """A pressure level's name (``PressureLevel``), or the number if it is none."""
+    try:
+        return PressureLevel(level).name
+    except ValueError:
+        return str(level)
 
 
 _GROUP_TYPES: dict[str, type] = {

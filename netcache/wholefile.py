@@ -16,7 +16,7 @@ from netcache.page import page_keys
 from netcache.readahead import READAHEAD_CHUNK_BYTES
 
 
-class Reader(Protocol):
+class PageReader(Protocol):
     """What a local copy needs of :class:`netcache.reader.Reader`."""
 
     context: Any
@@ -33,7 +33,7 @@ class Reader(Protocol):
 _LOCAL_AHEAD = 4
 
 
-def local_copy(reader: Reader, tpath: str) -> str:
+def local_copy(reader: PageReader, tpath: str) -> str:
     """The path of a complete local copy of ``tpath``'s current version, in the disk
     tier's folder: one made before and checked, or made now from the pages held,
     the rest fetched ahead concurrently as a sequential reader's are."""
@@ -55,7 +55,7 @@ def local_copy(reader: Reader, tpath: str) -> str:
     return path  # type: ignore[no-any-return]
 
 
-def _in_order(reader: Reader, cookie: FileCookie) -> Iterator[list[PageBuffer]]:
+def _in_order(reader: PageReader, cookie: FileCookie) -> Iterator[list[PageBuffer]]:
     """The file's bytes in order, in chunks of buffers: resident pages from memory,
     the rest straight from the remote, ``_LOCAL_AHEAD`` requests at once (a
     whole-file copy neither admits nor stores what it fetches: the copy is it)."""
@@ -76,7 +76,7 @@ def _in_order(reader: Reader, cookie: FileCookie) -> Iterator[list[PageBuffer]]:
             yield held.pop(span)
 
 
-def _spans_now(reader: Reader, cookie: FileCookie,
+def _spans_now(reader: PageReader, cookie: FileCookie,
            spans: list[Span]) -> dict[Span, list[PageBuffer]]:  # fmt: skip
     """Each span's bytes, as buffers in order: runs of resident pages from memory,
     the other runs from the remote (all of them at once)."""
@@ -102,7 +102,7 @@ def _spans_now(reader: Reader, cookie: FileCookie,
     return {span: [buf for lo, hi, _ in rs for buf in got[lo, hi]] for span, rs in runs.items()}
 
 
-def _runs_by_residence(reader: Reader, cookie: FileCookie,
+def _runs_by_residence(reader: PageReader, cookie: FileCookie,
                    span: Span) -> list[tuple[int, int, bool]]:  # fmt: skip
     """``span`` cut into runs of pages that are all resident, or all not."""
     bs = reader.block_size
