@@ -126,7 +126,9 @@ class CacheContext:
             if old.memory_monitor is not None:
                 old.memory_monitor.unregister(self.page_cache)
             self.watch_memory()
-        if config.disk_limit != old.disk_limit and self.backend is not None:
+        # a Backend given as cache_dir keeps its own limit (disk_limit is not its)
+        if (config.disk_limit != old.disk_limit and self.backend is not None
+                and isinstance(config.cache_dir, str)):  # fmt: skip
             self.backend.set_limit(config.disk_limit)
 
     def watch_memory(self) -> None:

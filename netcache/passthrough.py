@@ -110,17 +110,15 @@ class TargetPassThrough:
         sources = self.fs.expand_path(self._target_path_any(path1), recursive=recursive,
                                       maxdepth=maxdepth)  # fmt: skip
         dest = self._target_path_any(path2)
-        try:
+        dests = dest if isinstance(dest, list) else [dest]
+        with self._invalidating(*sources, *dests):  # whether the move worked or not
             self.fs.mv(self._target_path_any(path1), dest, recursive=recursive,
                        maxdepth=maxdepth, **kwargs)  # fmt: skip
-        finally:
-            landed: list[str] = []
-            for d in dest if isinstance(dest, list) else [dest]:
-                landed.append(d)
-                with contextlib.suppress(FileNotFoundError):  # nothing landed there
-                    landed += self.fs.find(d)
-            for tpath in [*sources, *landed]:
-                self.invalidate(tpath)
+            # it worked: what landed under a destination folder too
+            for d in dests:
+                with contextlib.suppress(FileNotFoundError):  # a file, moved as one
+                    for tpath in self.fs.find(d):
+                        self.invalidate(tpath)
 
     # -- listings and folders go to the target ---------------------------------------------
 

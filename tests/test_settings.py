@@ -84,3 +84,13 @@ def test_the_page_size_waits_for_open_files(memory: Any, cache_dir: str) -> None
     # the first instance goes on, on a cache of its own settings again
     assert fs.cat_file("/nb/data.bin", 0, 10) == memory.cat_file("/nb/data.bin", 0, 10)
     assert fs.context.config.block_size == BS
+
+
+def test_a_backend_of_your_own_keeps_its_limit(memory: Any) -> None:
+    """disk_limit is not a Backend instance's limit: changing it changes nothing there."""
+    from netcache.backends import MappingBackend
+
+    backend = MappingBackend({}, BS, "4MiB")
+    fs = make(backend, disk_limit="1GiB")
+    again = make(backend, disk_limit="2GiB")
+    assert again.context is fs.context and backend.limit == 4 << 20
