@@ -53,6 +53,9 @@ CACHES: dict[str, tuple[str, ...]] = {
     "simplecache": ALL,
     "background": ("seq", "random", "small"),
     "adaptive": ("seq", "random", "small"),
+    # with --before DIR: netcache as a checkout of an earlier commit (git worktree) has it,
+    # in the same run, for before/after tables
+    "netcache (before)": ALL,
 }
 PEERS = ("plain", "blockcache", "simplecache", "background", "adaptive")
 LABELS = {
@@ -147,7 +150,10 @@ def spawn(cache: str, workload: str, url: str, folder: str, phases: str,
     cmd = [sys.executable, __file__, "--child", "--cache", cache, "--workload", workload,
            "--url", url, "--folder", folder, "--phases", phases, "--small", str(opts.small),
            "--random", str(opts.random), "--ranges", str(opts.ranges)]  # fmt: skip
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    env = dict(os.environ)
+    if cache == "netcache (before)":  # the earlier checkout's package comes first
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [opts.before, env.get("PYTHONPATH")]))
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode:
         raise RuntimeError(f"{cache} {workload} {phases}: {done.stderr[-2000:]}")
     return json.loads(done.stdout)
@@ -190,6 +196,8 @@ def measure(opts: argparse.Namespace, url: str, latency: float) -> dict[tuple, l
         for workload in opts.workloads:
             for cache, workloads in CACHES.items():
                 if workload not in workloads or (opts.only and cache not in opts.only):
+                    continue
+                if cache == "netcache (before)" and not opts.before:
                     continue
                 folder = tempfile.mkdtemp(prefix="bench-")
                 try:
@@ -312,7 +320,7 @@ def main() -> None:
     parser.add_argument("--small", type=int, default=200)
     parser.add_argument("--random", type=int, default=2000)
     parser.add_argument("--ranges", type=int, default=100)
-    parser.add_argument("--size-mib", type=int, default=256)
+    parser.add_argument("--size-mib", type=int, default=None, help="default 256 (--quick: 64)")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--latency-ms", default="0,20", help="comma-separated")
     parser.add_argument("--bandwidth-mib", type=float, default=0.0,
@@ -322,6 +330,16 @@ def main() -> None:
                         help="comma-separated caches to run (default: all)")  # fmt: skip
     parser.add_argument("--workloads", type=lambda s: s.split(","), default=list(ALL),
                         help=f"comma-separated, of {','.join(ALL)} (default: all)")  # fmt: skip
+    parser.add_argument(
+        "--before",
+        help="a checkout of an earlier netcache (git worktree "
+        "add DIR REV): also run it, as 'netcache (before)'",
+    )
+    parser.add_argument(
+        "--out",
+        default="bench_read",
+        help="results file name in benchmarks/results/ (default bench_read)",
+    )
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--table-from", help="print the README table of a results JSON")
     opts = parser.parse_args()
@@ -332,7 +350,8 @@ def main() -> None:
         print(wide_table(saved, vars(opts)))
         return draw(saved)
     if opts.quick:
-        opts.size_mib, opts.repeat, opts.small, opts.random = 64, 1, 50, 500
+        opts.size_mib, opts.repeat, opts.small, opts.random = opts.size_mib or 64, 1, 50, 500
+    opts.size_mib = opts.size_mib or 256
     server = subprocess.Popen(
         [sys.executable, "-m", "netcache.testing.httpserver", "--size-mib", str(opts.size_mib),
          "--small-files", str(opts.small)],
@@ -356,7 +375,7 @@ def main() -> None:
     finally:
         server.terminate()
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "bench_read.json").write_text(json.dumps(rows, indent=1))
+    (RESULTS / f"{opts.out}.json").write_text(json.dumps(rows, indent=1))
     print()
     print(wide_table(rows, vars(opts)))
     draw(rows)

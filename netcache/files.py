@@ -166,7 +166,8 @@ class NetCacheFile(AbstractBufferedFile):
 
     def _fetch_range(self, start: int, end: int) -> bytes:
         reader: Reader = self.fs.reader  # made anew in a forked child
-        ahead = self._readahead.advise(start, end)
+        pipe = reader.read_ahead_limit() if self.fs.readahead_grows else 0
+        ahead = self._readahead.advise(start, end, pipe)
         if ahead is not None:  # started first, so it overlaps with this read's own fetch
             started = reader.read_ahead(self.cookie, ahead, self._readahead.request_pages)
             if started < len(ahead):  # asked for again by a later read

@@ -79,9 +79,11 @@ class NetCacheFileSystem(TargetPassThrough, ChainedFileSystem):
         Seconds between checks that a remote file is unchanged (default 60); 0 checks on
         every open and every ``cat``; None means remote files never change.
     readahead:
-        Largest window fetched ahead of a sequential reader (default 32 MiB, in
-        concurrent requests of up to 8 MiB); False or 0 turns read-ahead off. Random access
-        never reads ahead. Read-ahead calls the target from a pool of threads.
+        Largest window fetched ahead of a sequential reader, in concurrent requests of up
+        to 8 MiB; False or 0 turns read-ahead off. None (the default) starts at 32 MiB and
+        grows with what the remote's pipe takes (bandwidth times round trip, measured:
+        :mod:`netcache.pipe`) within the memory budget. Random access never reads ahead.
+        Read-ahead calls the target from a pool of threads.
     offline:
         For remotes that go away: when a version check cannot reach the remote, serve the
         version cached last (counted as ``Retrvls: stale``, logged once); only bytes that
@@ -132,7 +134,7 @@ class NetCacheFileSystem(TargetPassThrough, ChainedFileSystem):
         memory_monitor: MemoryPressureMonitor | bool | None = None,
         trusted_group: str | int | None = None,
         retries: int = DEFAULT_RETRIES,
-        readahead: int | str | bool = DEFAULT_READAHEAD,
+        readahead: int | str | bool | None = None,
         offline: bool = False,
         fo: str | None = None,
         **storage_options: Any,
@@ -168,9 +170,12 @@ class NetCacheFileSystem(TargetPassThrough, ChainedFileSystem):
             trusted_group=trusted_group,
             retries=retries,
         )
-        if readahead is True:
+        #: Whether read-ahead windows grow with the remote's measured pipe (the default).
+        self.readahead_grows = readahead is None or readahead is True
+        if self.readahead_grows:
             readahead = DEFAULT_READAHEAD
-        #: Largest read-ahead window of a sequentially read file, in bytes (0: off).
+        #: Largest read-ahead window of a sequentially read file, in bytes (0: off), or the
+        #: window it starts from where it grows.
         self.readahead = 0 if readahead is False else parse_size(readahead, "readahead")
         if 0 < self.readahead < self.config.block_size:
             raise ValueError(f"readahead={readahead!r} must be False, 0, or at least one page "

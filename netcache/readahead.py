@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from netcache.cookie import FileCookie
 from netcache.errors import ReadaheadFailed
 from netcache.identity import describe_error
 from netcache.page import Page, PageKey, page_keys
+from netcache.pipe import INITIAL_REQUESTS, MAX_REQUESTS, PipeGauge
 from netcache.warnonce import WarnOnce
 
 if TYPE_CHECKING:
@@ -58,21 +60,24 @@ class Readahead:
         self._window = 0
         self._ahead = -1  # last page already asked for
 
-    def advise(self, start: int, end: int) -> range | None:
-        """Record a read of ``[start, end)``; return pages to fetch ahead, if any."""
+    def advise(self, start: int, end: int, pipe_bytes: int = 0) -> range | None:
+        """Record a read of ``[start, end)``; return pages to fetch ahead, if any. The
+        window grows past ``max_bytes`` up to ``pipe_bytes``, what the remote's pipe
+        takes in flight (:meth:`ReadaheadScheduler.pipe_bytes`)."""
         sequential = start == (0 if self._next is None else self._next)
         self._next = end
         if not sequential or self.max_pages == 0:
             self._window = 0
             self._ahead = -1
             return None
+        most = max(self.max_pages, pipe_bytes // self.block_size)
         if self._window == 0:
             grown = max(
                 INITIAL_PAGES, 4 * ((end - 1) // self.block_size - start // self.block_size + 1)
             )
         else:
-            grown = self._window * (4 if self._window < self.max_pages // 16 else 2)
-        self._window = min(grown, self.max_pages)
+            grown = self._window * (4 if self._window < most // 16 else 2)
+        self._window = min(grown, most)
         first = max((end - 1) // self.block_size + 1, self._ahead + 1)
         last = min((end - 1) // self.block_size + self._window, self.last_page)
         batch = min(self.batch_pages, self._window)
@@ -94,13 +99,11 @@ class Readahead:
         return max(self.min_request_pages, self._window // 4)
 
 
-#: Threads that fetch ahead of sequential readers, and the bytes each request carries
-#: at most: larger requests go faster, and fewer threads contend less for few cores
+#: The bytes each read-ahead request carries at most: larger requests go faster
 #: (docs/measurements.md).
-READAHEAD_WORKERS = 4
 READAHEAD_CHUNK_BYTES = 8 << 20
-#: Read-ahead bytes in flight at once, per cache, at most (and an eighth of its memory
-#: budget at most).
+#: Read-ahead bytes in flight at once, per cache, before the pipe grows (and an eighth of
+#: its memory budget at most; a quarter once more requests proved to pay).
 READAHEAD_MAX_INFLIGHT = 64 << 20
 
 #: What fetches claimed pages for the scheduler: ``(target, claims, cookies, verify,
@@ -108,20 +111,26 @@ READAHEAD_MAX_INFLIGHT = 64 << 20
 FetchClaimed = Callable[..., Any]
 
 
-def in_flight_limit(memory_limit: int) -> int:
-    """Bytes of read-ahead in flight at once, at most, for a cache of ``memory_limit``."""
-    return min(READAHEAD_MAX_INFLIGHT, memory_limit // 8)
+def in_flight_limit(memory_limit: int, requests: int = INITIAL_REQUESTS) -> int:
+    """Bytes of read-ahead in flight at once, at most, for a cache of ``memory_limit``
+    whose pipe takes ``requests`` at once: twice what they carry (so that some wait, and
+    the gauge can tell whether more would pay), bounded by the memory budget."""
+    wanted = max(READAHEAD_MAX_INFLIGHT, 2 * requests * READAHEAD_CHUNK_BYTES)
+    return min(wanted, memory_limit // (8 if requests <= INITIAL_REQUESTS else 4))
 
 
 class ReadaheadScheduler:
     """Fetches pages ahead of sequential readers, on a pool of threads, within a bound
     of bytes in flight; tells the disk tier which of its pages come next.
 
-    Locking: one lock guards the pool's creation and the byte count, held for integer
-    operations only; the pool's threads start outside it (``submit`` starts them, and
-    runs after the lock is let go). Fetches go through the page cache's claims, so a
-    page is fetched once whoever asks; readers waiting for a page this scheduler
-    failed to fetch get :class:`ReadaheadFailed` and fetch it themselves.
+    Requests go out in the order asked, at most ``pipe.limit`` at once (a
+    :class:`~netcache.pipe.PipeGauge` grows it while more pay); the others wait in a
+    queue, and each request that ends starts the next. Locking: one lock guards the pool's
+    creation, the queue and the counts, held for list and integer operations only; the
+    pool's threads start outside it (``submit`` starts them, after the lock is let go).
+    Fetches go through the page cache's claims, so a page is fetched once whoever asks;
+    readers waiting for a page this scheduler failed to fetch (or never started) get
+    :class:`ReadaheadFailed` and fetch it themselves.
     """
 
     def __init__(self, page_cache: PageCache, block_size: int, backend: Backend | None,
@@ -129,11 +138,19 @@ class ReadaheadScheduler:
         self.page_cache = page_cache
         self.block_size = block_size
         self.backend = backend
+        self.pipe = PipeGauge()
         self._fetch_claimed = fetch_claimed
         self._warn = warn
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         self._bytes = 0
+        self._queue: deque[_Request] = deque()
+        self._running = 0
+
+    def pipe_bytes(self) -> int:
+        """Bytes of read-ahead the cache keeps in flight at most now: how far ahead a
+        sequential reader's window may grow."""
+        return in_flight_limit(self.page_cache.limit, self.pipe.limit)
 
     def start(self, target: AbstractFileSystem, cookie: FileCookie, pages: range,
               verify: bool, request_bytes: int | None = None) -> int:  # fmt: skip
@@ -150,16 +167,7 @@ class ReadaheadScheduler:
         if not keys:
             return len(pages)
         if self.backend is not None:
-            # Pages on disk are loaded when needed, on the reader's thread (loading them
-            # on read-ahead threads slowed a new process's sequential reads); the disk is
-            # only told to start reading them. The hint waits while the kernel queues
-            # its reads, so a read-ahead thread gives it.
-            on_disk = [key for key in keys if self.backend.holds(key)]
-            if on_disk:
-                with contextlib.suppress(RuntimeError):  # shut down: no hint is needed
-                    self._pool_now().submit(self.backend.will_need, on_disk)
-                held = set(on_disk)
-                keys = [key for key in keys if key not in held]
+            keys = self._hint_disk(keys)
         # Each request's answer sits in memory outside the budget, up to three times (the
         # client's chunks, their join, the page copies; HTTP and S3: chunks and pages), so
         # small budgets get smaller requests.
@@ -167,12 +175,13 @@ class ReadaheadScheduler:
                       self.page_cache.limit // 32)  # fmt: skip
         step = max(1, request // self.block_size)
         handled = len(pages)
+        bound = self.pipe_bytes()
         with self._lock:
             # In flight: network buffers and their page copies, outside the memory budget.
             # The nearest whole requests that fit go out (dropping all of them left a
             # reader whose window is larger than the bound fetching its pages itself,
             # a round trip a read).
-            room = (in_flight_limit(self.page_cache.limit) - self._bytes) // self.block_size
+            room = (bound - self._bytes) // self.block_size
             if room < len(keys):
                 room = max(0, room) // step * step
                 handled = keys[room].index - pages.start
@@ -181,46 +190,93 @@ class ReadaheadScheduler:
         if not keys:
             return handled
         nbytes = len(keys) * self.block_size
-        pool = self._pool_now()
-        claimed = self.page_cache.claim_missing(keys)
-        items = list(claimed.items())
-        for i in range(0, len(items), step):
-            chunk = dict(items[i : i + step])
-            try:
-                pool.submit(self._fetch_chunk, target, cookie, chunk, verify)
-            except RuntimeError as exc:  # the pool is shut down (interpreter exit)
-                self.page_cache.fail(chunk, ReadaheadFailed(f"read-ahead not started: {exc}"))
-                self._release(len(chunk) * self.block_size)
+        items = list(self.page_cache.claim_missing(keys).items())
         self._release(nbytes - len(items) * self.block_size)
+        requests = [_Request(target, cookie, dict(items[i : i + step]), verify)
+                    for i in range(0, len(items), step)]  # fmt: skip
+        self._send(requests)
         return handled
+
+    def _hint_disk(self, keys: list[PageKey]) -> list[PageKey]:
+        """Tell the disk tier to start reading those of ``keys`` it holds; the others."""
+        assert self.backend is not None
+        # Pages on disk are loaded when needed, on the reader's thread (loading them on
+        # read-ahead threads slowed a new process's sequential reads); the disk is only
+        # told to start reading them. The hint waits while the kernel queues its reads,
+        # so a read-ahead thread gives it.
+        on_disk = [key for key in keys if self.backend.holds(key)]
+        if not on_disk:
+            return keys
+        with contextlib.suppress(RuntimeError):  # shut down: no hint is needed
+            self._pool_now().submit(self.backend.will_need, on_disk)
+        held = set(on_disk)
+        return [key for key in keys if key not in held]
+
+    def _send(self, requests: list[_Request]) -> None:
+        """Queue ``requests``; start as many queued ones as the pipe takes now."""
+        with self._lock:
+            self._queue.extend(requests)
+            ready = []
+            while self._queue and self._running < self.pipe.limit:
+                ready.append(self._queue.popleft())
+                self._running += 1
+        for i, request in enumerate(ready):
+            try:
+                self._pool_now().submit(self._fetch, request)
+            except RuntimeError as exc:  # the pool is shut down (interpreter exit)
+                for unsent in ready[i:]:
+                    self._not_started(unsent, f"read-ahead not started: {exc}", running=True)
+                return
+
+    def _not_started(self, request: _Request, why: str, running: bool) -> None:
+        self.page_cache.fail(request.claimed, ReadaheadFailed(why))
+        self._release(len(request.claimed) * self.block_size, running)
 
     def _pool_now(self) -> ThreadPoolExecutor:
         with self._lock:
             if self._pool is None:
-                self._pool = ThreadPoolExecutor(READAHEAD_WORKERS, "netcache-readahead")
+                # threads for the requests, and one for the disk's hints
+                self._pool = ThreadPoolExecutor(MAX_REQUESTS + 1, "netcache-readahead")
             return self._pool
 
-    def _fetch_chunk(self, target: AbstractFileSystem, cookie: FileCookie,
-                     claimed: dict[PageKey, Future[Page]], verify: bool) -> None:  # fmt: skip
+    def _fetch(self, request: _Request) -> None:
+        claimed = request.claimed
         try:
-            self._fetch_claimed(target, claimed, dict.fromkeys(claimed, cookie), verify,
-                                failure=ReadaheadFailed)  # fmt: skip
+            self._fetch_claimed(request.target, claimed, dict.fromkeys(claimed, request.cookie),
+                                request.verify, failure=ReadaheadFailed)  # fmt: skip
         except Exception as exc:  # counted where it failed (Retrvls: err); said once here
             self._warn(
                 "readahead",
                 "netcache: a read-ahead fetch failed (%s); its readers fetch the pages",
                 describe_error(exc),
             )
+        else:
+            self.pipe.finished(len(claimed) * self.block_size, waiting=bool(self._queue))
         finally:
-            self._release(len(claimed) * self.block_size)
+            self._release(len(claimed) * self.block_size, running=True)
+            self._send([])
 
-    def _release(self, nbytes: int) -> None:
+    def _release(self, nbytes: int, running: bool = False) -> None:
         with self._lock:
             self._bytes -= nbytes
+            self._running -= running
 
     def shutdown(self) -> None:
-        """Wait for every fetch and hint under way; the next ``start`` makes new threads."""
+        """Fail the requests not started (their readers fetch the pages), and wait for
+        every fetch and hint under way; the next ``start`` makes new threads."""
         with self._lock:
             pool, self._pool = self._pool, None
+            queued, self._queue = list(self._queue), deque()
+        for request in queued:
+            self._not_started(request, "read-ahead not started: the cache closed", running=False)
         if pool is not None:
             pool.shutdown(wait=True)
+
+
+class _Request(NamedTuple):
+    """One read-ahead request: claimed pages of one pinned file."""
+
+    target: AbstractFileSystem
+    cookie: FileCookie
+    claimed: dict[PageKey, Future[Page]]
+    verify: bool

@@ -123,6 +123,11 @@ class Reader:
         return self.context.readahead.start(self.target, cookie, pages, self.verify,
                                             request_bytes)  # fmt: skip
 
+    def read_ahead_limit(self) -> int:
+        """Bytes a sequential reader's window may hold ahead now: what the remote's pipe
+        was measured to take in flight (at least the ``readahead`` setting)."""
+        return self.context.readahead.pipe_bytes()
+
     def read_pages(self, cookie: FileCookie, start: int, end: int) -> bytes:
         """Bytes ``[start, end)`` of one pinned version of a file."""
         fetcher = self.context.fetcher

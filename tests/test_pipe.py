@@ -1,0 +1,126 @@
+"""The read-ahead pipe: the number of requests in flight doubles while that buys
+throughput, stops where it does not, and the scheduler never sends more at once."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from conftest import BS, payload, wait_for
+from fsspec.implementations.memory import MemoryFileSystem
+
+import netcache
+from netcache.pipe import GROWTH, STALLS, PipeGauge
+from netcache.readahead import READAHEAD_CHUNK_BYTES, in_flight_limit
+
+
+def run_round(gauge: PipeGauge, start: float, seconds: float, nbytes: int = 100) -> float:
+    """One round of ``gauge.limit`` requests ending over ``seconds``, others waiting."""
+    n = gauge.limit
+    for i in range(1, n + 1):
+        gauge.finished(nbytes, waiting=True, now=start + seconds * i / n)
+    return start + seconds
+
+
+def test_limit_doubles_while_each_round_delivers_more() -> None:
+    gauge = PipeGauge(initial=2, ceiling=16)
+    now = 0.0
+    gauge.finished(100, waiting=True, now=now)  # the first end starts the round
+    limits = []
+    for _ in range(5):
+        # each request takes 1 s whatever the number: a per-connection cap
+        now = run_round(gauge, now, 1.0)
+        limits.append(gauge.limit)
+    assert limits == [4, 8, 16, 16, 16]
+    assert gauge.full  # at the ceiling: no more growth
+
+
+def test_limit_goes_back_when_more_requests_buy_nothing() -> None:
+    gauge = PipeGauge(initial=2, ceiling=32)
+    now = 0.0
+    gauge.finished(100, waiting=True, now=now)
+    now = run_round(gauge, now, 1.0)  # 2 requests a second
+    assert gauge.limit == 4
+    for _ in range(STALLS):  # 4 at once deliver no more: a shared bound (or the CPU)
+        assert not gauge.full
+        now = run_round(gauge, now, 2.0)
+    assert gauge.full and gauge.limit == 2
+    now = run_round(gauge, now, 0.1)  # once full, it stays
+    assert gauge.limit == 2
+
+
+def test_growth_needs_the_growth_factor() -> None:
+    gauge = PipeGauge(initial=4, ceiling=32)
+    now = 0.0
+    gauge.finished(100, waiting=True, now=now)
+    now = run_round(gauge, now, 1.0)
+    assert gauge.limit == 8
+    # 8 requests in 2 / GROWTH * 0.99 s: just short of GROWTH times the rate
+    for _ in range(STALLS):
+        now = run_round(gauge, now, 2 / GROWTH / 0.99)
+    assert gauge.limit == 4 and gauge.full
+
+
+def test_rounds_where_nothing_waited_measure_the_reader_and_do_not_count() -> None:
+    gauge = PipeGauge(initial=2, ceiling=32)
+    for i in range(100):
+        gauge.finished(100, waiting=False, now=float(i))
+    assert gauge.limit == 2 and not gauge.full
+
+
+@pytest.mark.parametrize(("initial", "ceiling"), [(0, 4), (5, 4)])
+def test_bad_gauge_arguments(initial: int, ceiling: int) -> None:
+    with pytest.raises(ValueError, match="initial"):
+        PipeGauge(initial=initial, ceiling=ceiling)
+
+
+def test_in_flight_bound_grows_with_the_pipe_within_the_memory_budget() -> None:
+    budget = 512 << 20
+    assert in_flight_limit(budget, 4) == 64 << 20
+    assert in_flight_limit(budget, 8) == 2 * 8 * READAHEAD_CHUNK_BYTES
+    assert in_flight_limit(budget, 32) == budget // 4
+    assert in_flight_limit(64 << 20, 32) == 16 << 20
+
+
+class Gated(MemoryFileSystem):
+    """A memory target whose read-ahead requests wait on a gate; counts them in flight."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.gate = threading.Event()
+        self.lock = threading.Lock()
+        self.now = 0
+        self.most = 0
+
+    def cat_file(self, path, start=None, end=None, **kwargs):  # type: ignore[no-untyped-def]
+        if not threading.current_thread().name.startswith("netcache-readahead"):
+            return super().cat_file(path, start, end, **kwargs)
+        with self.lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+        try:
+            assert self.gate.wait(30), "the test never opened the gate"
+            return super().cat_file(path, start, end, **kwargs)
+        finally:
+            with self.lock:
+                self.now -= 1
+
+
+def test_scheduler_sends_no_more_requests_at_once_than_the_pipe_takes() -> None:
+    target = Gated(skip_instance_cache=True)
+    npages = 256
+    data = payload(npages * BS, npages)
+    target.pipe_file("/p/f", data)
+    fs = netcache.NetCacheFileSystem(fs=target, block_size=BS, check_interval=None,
+                                     cache_dir=False, skip_instance_cache=True)  # fmt: skip
+    scheduler = fs.reader.context.readahead
+    scheduler.pipe.limit = 3  # as if measured
+    cookie = fs.reader.pin_version("/p/f")
+    started = scheduler.start(target, cookie, range(0, npages), True, request_bytes=BS)
+    assert started > 3  # more asked than the pipe takes: the rest wait in the queue
+    assert wait_for(lambda: target.now == 3)
+    assert len(scheduler._queue) > 0
+    target.gate.set()
+    with fs.open("/p/f") as f:
+        assert f.read() == data
+    assert target.most == 3
