@@ -38,6 +38,36 @@ DEFAULT_CHECK_INTERVAL = 60.0
 DEFAULT_READAHEAD = 32 * MiB
 
 
+#: Files read at random are fetched whole below this size (and half the memory budget):
+#: docs/measurements.md says why.
+DEFAULT_RANDOM_WHOLE_BELOW = 256 * MiB
+
+
+def parse_readahead(readahead: Any, block_size: int) -> tuple[int, bool]:
+    """``readahead`` in bytes (0: off), and whether the window grows with the pipe
+    (None or True: from ``DEFAULT_READAHEAD`` up)."""
+    grows = readahead is None or readahead is True
+    if grows:
+        readahead = DEFAULT_READAHEAD
+    nbytes = 0 if readahead is False else parse_size(readahead, "readahead")
+    if 0 < nbytes < block_size:
+        raise ValueError(f"readahead={readahead!r} must be False, 0, or at least one page "
+                         f"(block_size={block_size})")  # fmt: skip
+    return nbytes, grows
+
+
+def parse_random_whole_below(value: Any, memory_limit: int, readahead: int) -> int:
+    """``random_whole_below`` in bytes (0: never), at most half the memory budget (a file
+    fetched whole must fit in it with room for others). None is the default, and 0 where
+    ``readahead`` is off: then nothing is fetched that is not read."""
+    if value is None:
+        return min(DEFAULT_RANDOM_WHOLE_BELOW, memory_limit // 2) if readahead else 0
+    if value is True:
+        raise TypeError("random_whole_below=True: give a size, None (the default), "
+                        "or False/0 (never)")  # fmt: skip
+    return 0 if value is False else min(parse_size(value, "random_whole_below"), memory_limit // 2)
+
+
 def default_memory_limit() -> int:
     """Memory budget: 512 MiB, or an eighth of the machine's memory if that is less.
     Read when a cache is built (not at import: importing netcache reads nothing)."""

@@ -80,6 +80,7 @@ class CacheContext:
         )
         self.readahead = ReadaheadScheduler(self.page_cache, config.block_size, self.backend,
                                             self.fetcher.fetch_claimed, self.warn)  # fmt: skip
+        self.fetcher.take_queued = self.readahead.take_queued
         self.cookies = CookieJar(
             target_id,
             self.backend,

@@ -4,7 +4,7 @@ missing from the disk tier or the remote."""
 from __future__ import annotations
 
 import mmap
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 
 from fsspec import AbstractFileSystem
@@ -66,6 +66,9 @@ class PageFetcher:
         self._counters = counters
         self._warn = warn
         self.remote = RemoteRanges(block_size, retries)
+        #: Hands over claims that read-ahead holds but has not sent (the context wires
+        #: its scheduler's ``take_queued`` here); None: nothing to hand over.
+        self.take_queued: Callable[[Iterable[PageKey]], dict[PageKey, Future[Page]]] | None = None
 
     # -- public ----------------------------------------------------------------------------
 
@@ -134,6 +137,11 @@ class PageFetcher:
         """Every wanted page, or None if a read-ahead we waited for failed (try again)."""
         claim = self.page_cache.lookup(wanted)
         pages = claim.hits
+        if claim.waits and self.take_queued is not None:
+            # pages claimed by read-ahead not yet sent: fetched now, by this reader
+            for key, future in self.take_queued(claim.waits).items():
+                del claim.waits[key]
+                claim.claimed[key] = future
         if not wait and claim.waits:  # take over: fetch those pages ourselves too
             own = {key: Future[Page]() for key in claim.waits}
             pages.update(self.fetch_claimed(target, own, wanted, verify))  # not admitted

@@ -21,6 +21,12 @@ from netcache.reader import Reader
 _SEEK_DATA_HOLE = tuple(getattr(os, n) for n in ("SEEK_DATA", "SEEK_HOLE") if hasattr(os, n))
 
 
+#: Reads that did not start where the one before ended, before a file under
+#: ``random_whole_below`` is fetched whole: a first seek (to a footer, say) is not yet
+#: random reading.
+RANDOM_READS = 2
+
+
 class NetCacheFile(AbstractBufferedFile):
     """A read-only, seekable file over one pinned version of a remote file.
 
@@ -34,6 +40,8 @@ class NetCacheFile(AbstractBufferedFile):
         assert cookie.size is not None
         self._readahead = Readahead(block_size, fs.readahead, cookie.size,
                                     READAHEAD_CHUNK_BYTES)  # fmt: skip
+        # the next page a whole-file fetch for a random reader asks for (None: never)
+        self._whole_next: int | None = 0 if cookie.size < fs.random_whole_below else None
         super().__init__(
             fs,
             path,
@@ -172,7 +180,20 @@ class NetCacheFile(AbstractBufferedFile):
             started = reader.read_ahead(self.cookie, ahead, self._readahead.request_pages)
             if started < len(ahead):  # asked for again by a later read
                 self._readahead.not_started(ahead.start + started)
-        return reader.read_pages(self.cookie, start, end)
+        data = reader.read_pages(self.cookie, start, end)
+        if self._whole_next is not None and self._readahead.random_reads >= RANDOM_READS:
+            self._fetch_rest(reader)
+        return data
+
+    def _fetch_rest(self, reader: Reader) -> None:
+        """Random reading of a small file: the rest of it, in the background (after the
+        reader's own pages, which also go first later: they are taken back from
+        requests not yet sent), as far as the in-flight bound allows; a later read asks
+        for the remainder."""
+        assert self._whole_next is not None and self.cookie.size is not None
+        rest = range(self._whole_next, (self.cookie.size - 1) // self.blocksize + 1)
+        started = reader.read_ahead(self.cookie, rest) if rest else 0
+        self._whole_next = None if started == len(rest) else rest.start + started
 
     @property
     def name(self) -> str:

@@ -15,12 +15,13 @@ from netcache.config import (
     DEFAULT_BLOCK_SIZE,
     DEFAULT_CHECK_INTERVAL,
     DEFAULT_DISK_LIMIT,
-    DEFAULT_READAHEAD,
     DEFAULT_RETRIES,
     DEFAULT_WRITEBACK_WORKERS,
     CacheConfig,
     made_again,
     make_target,
+    parse_random_whole_below,
+    parse_readahead,
 )
 from netcache.context import CacheContext
 from netcache.cookie import FileCookie
@@ -32,7 +33,6 @@ from netcache.policies.release import PressureLevel, Reason, ReleasePolicy
 from netcache.pressure import MemoryPressureMonitor
 from netcache.process import default_monitor, registry
 from netcache.reader import WHOLE, Reader, offsets
-from netcache.sizes import parse_size
 from netcache.stats import StatsSnapshot
 
 # Options fsspec itself may hand any filesystem; accepted and passed to the base class.
@@ -84,6 +84,14 @@ class NetCacheFileSystem(TargetPassThrough, ChainedFileSystem):
         grows with what the remote's pipe takes (bandwidth times round trip, measured:
         :mod:`netcache.pipe`) within the memory budget. Random access never reads ahead.
         Read-ahead calls the target from a pool of threads.
+    random_whole_below:
+        A file smaller than this, once read at random (two reads that did not start where
+        the one before ended), is fetched whole in the background, in concurrent requests,
+        while the reader's own pages go first: at most the file's size on the wire, and
+        no round trip per read. Larger files fetch only what is read. None (the default):
+        256 MiB, or half the memory budget if less (``docs/measurements.md`` says why), and
+        never if ``readahead`` is off; False or 0: never. A column read of a Parquet file
+        under it is a random read too: set it lower to keep the wire to what is read.
     offline:
         For remotes that go away: when a version check cannot reach the remote, serve the
         version cached last (counted as ``Retrvls: stale``, logged once); only bytes that
@@ -135,6 +143,7 @@ class NetCacheFileSystem(TargetPassThrough, ChainedFileSystem):
         trusted_group: str | int | None = None,
         retries: int = DEFAULT_RETRIES,
         readahead: int | str | bool | None = None,
+        random_whole_below: int | str | bool | None = None,
         offline: bool = False,
         fo: str | None = None,
         **storage_options: Any,
@@ -170,16 +179,13 @@ class NetCacheFileSystem(TargetPassThrough, ChainedFileSystem):
             trusted_group=trusted_group,
             retries=retries,
         )
-        #: Whether read-ahead windows grow with the remote's measured pipe (the default).
-        self.readahead_grows = readahead is None or readahead is True
-        if self.readahead_grows:
-            readahead = DEFAULT_READAHEAD
         #: Largest read-ahead window of a sequentially read file, in bytes (0: off), or the
-        #: window it starts from where it grows.
-        self.readahead = 0 if readahead is False else parse_size(readahead, "readahead")
-        if 0 < self.readahead < self.config.block_size:
-            raise ValueError(f"readahead={readahead!r} must be False, 0, or at least one page "
-                             f"(block_size={self.config.block_size})")  # fmt: skip
+        #: window it starts from where it grows with the remote's measured pipe.
+        self.readahead, self.readahead_grows = parse_readahead(readahead, self.config.block_size)
+        #: Files under this size read at random are fetched whole in the background.
+        self.random_whole_below = parse_random_whole_below(
+            random_whole_below, self.config.memory_limit, self.readahead
+        )
         if not isinstance(offline, bool):
             raise TypeError(f"offline={offline!r} must be True or False")
         #: Serve cached versions when the remote cannot be reached to check them.

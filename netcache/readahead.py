@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -46,7 +46,7 @@ class Readahead:
     """
 
     __slots__ = ("_ahead", "_next", "_window", "batch_pages", "block_size", "last_page",
-                 "max_pages", "min_request_pages")  # fmt: skip
+                 "max_pages", "min_request_pages", "random_reads")  # fmt: skip
 
     def __init__(self, block_size: int, max_bytes: int, size: int, batch_bytes: int = 0) -> None:
         self.block_size = block_size
@@ -59,6 +59,8 @@ class Readahead:
         self._next: int | None = None
         self._window = 0
         self._ahead = -1  # last page already asked for
+        #: Reads so far that did not start where the one before ended.
+        self.random_reads = 0
 
     def advise(self, start: int, end: int, pipe_bytes: int = 0) -> range | None:
         """Record a read of ``[start, end)``; return pages to fetch ahead, if any. The
@@ -66,6 +68,7 @@ class Readahead:
         takes in flight (:meth:`ReadaheadScheduler.pipe_bytes`)."""
         sequential = start == (0 if self._next is None else self._next)
         self._next = end
+        self.random_reads += not sequential
         if not sequential or self.max_pages == 0:
             self._window = 0
             self._ahead = -1
@@ -196,6 +199,24 @@ class ReadaheadScheduler:
                     for i in range(0, len(items), step)]  # fmt: skip
         self._send(requests)
         return handled
+
+    def take_queued(self, keys: Iterable[PageKey]) -> dict[PageKey, Future[Page]]:
+        """The claims of those of ``keys`` that requests not yet sent hold, handed to the
+        caller, who must meet or fail them: a reader's own pages go before read-ahead's
+        (and a whole-file fetch's), never waiting behind them."""
+        taken: dict[PageKey, Future[Page]] = {}
+        with self._lock:
+            if not self._queue:
+                return taken
+            for request in self._queue:
+                for key in keys:
+                    future = request.claimed.pop(key, None)
+                    if future is not None:
+                        taken[key] = future
+            if taken:
+                self._queue = deque(r for r in self._queue if r.claimed)
+                self._bytes -= len(taken) * self.block_size
+        return taken
 
     def _hint_disk(self, keys: list[PageKey]) -> list[PageKey]:
         """Tell the disk tier to start reading those of ``keys`` it holds; the others."""

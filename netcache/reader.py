@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
 from typing import Any
 
 from fsspec import AbstractFileSystem
@@ -230,16 +231,22 @@ class Reader:
         wave's files are read (on the file workers) while the next wave is looked at."""
         jobs: list[tuple[list[int], Any]] = []
         retries = self.context.retries.for_target(self.target)
+        reads: dict[str, Future[list[Any]]] = {}
+
+        def read(p: str, answer: Looked) -> None:  # each file as its look ends
+            indices = by_path[p]
+            reads[p] = self.context.file_workers.submit(
+                self._file_ranges, p, [starts[i] for i in indices],
+                [ends[i] for i in indices], on_error, answer, answer is not None,
+            )  # fmt: skip
+
         for wave in waves(cold, self.context.fetcher.look_limit):
             looked = first_looks(self.target, wave, self.block_size, retries,
-                                 self.context.look_fell_back)  # fmt: skip
+                                 self.context.look_fell_back, on_found=read)  # fmt: skip
             for p in wave:
-                indices = by_path[p]
-                answer = looked[p]
-                jobs.append((indices, self.context.file_workers.submit(
-                    self._file_ranges, p, [starts[i] for i in indices],
-                    [ends[i] for i in indices], on_error, answer, answer is not None,
-                )))  # fmt: skip
+                if p not in reads:  # not started as its look ended (the pool shut down)
+                    read(p, looked[p])
+                jobs.append((by_path[p], reads[p]))
         return jobs
 
     def _resident_ranges(

@@ -124,3 +124,73 @@ def test_scheduler_sends_no_more_requests_at_once_than_the_pipe_takes() -> None:
     with fs.open("/p/f") as f:
         assert f.read() == data
     assert target.most == 3
+
+
+def random_reads(f: object, data: bytes, offsets: list[int], n: int = 1000) -> None:
+    for off in offsets:
+        f.seek(off)  # type: ignore[attr-defined]
+        assert f.read(n) == data[off : off + n]  # type: ignore[attr-defined]
+
+
+def test_a_small_file_read_at_random_is_fetched_whole_in_the_background() -> None:
+    target = Gated(skip_instance_cache=True)
+    target.gate.set()
+    npages = 40
+    data = payload(npages * BS, npages)
+    target.pipe_file("/p/f", data)
+    fs = netcache.NetCacheFileSystem(fs=target, block_size=BS, check_interval=None,
+                                     cache_dir=False, skip_instance_cache=True,
+                                     random_whole_below=(npages + 1) * BS)  # fmt: skip
+    with fs.open("/p/f") as f:
+        random_reads(f, data, [30 * BS + 5, 3 * BS, 17 * BS])
+        assert wait_for(lambda: fs.stats().retrievals.remote == npages)
+        random_reads(f, data, [i * BS + 7 for i in range(npages)])
+    assert fs.stats().retrievals.remote == npages  # every page once: the file's size
+
+
+def test_a_file_over_the_limit_read_at_random_fetches_only_what_is_read() -> None:
+    target = Gated(skip_instance_cache=True)
+    npages = 40
+    data = payload(npages * BS, npages)
+    target.pipe_file("/p/f", data)
+    fs = netcache.NetCacheFileSystem(fs=target, block_size=BS, check_interval=None,
+                                     cache_dir=False, skip_instance_cache=True,
+                                     random_whole_below=npages * BS)  # fmt: skip
+    with fs.open("/p/f") as f:
+        random_reads(f, data, [30 * BS + 5, 3 * BS, 17 * BS, 9 * BS])
+    fs.flush()
+    assert target.most == 0  # no read-ahead request at all
+    assert fs.stats().retrievals.remote <= 4 + 1  # the pages read (and a first look)
+
+
+def test_bad_random_whole_below() -> None:
+    with pytest.raises(TypeError, match="random_whole_below"):
+        netcache.NetCacheFileSystem(fs=MemoryFileSystem(), cache_dir=False,
+                                    random_whole_below=True)  # fmt: skip
+    with pytest.raises(ValueError, match="random_whole_below"):
+        netcache.NetCacheFileSystem(fs=MemoryFileSystem(), cache_dir=False,
+                                    random_whole_below="lots")  # fmt: skip
+
+
+def test_a_readers_own_pages_are_taken_back_from_requests_not_yet_sent() -> None:
+    """The pipe takes one request, held at a gate: the reader's page, queued behind it,
+    is fetched by the reader at once, not after the gate opens."""
+    target = Gated(skip_instance_cache=True)
+    npages = 64
+    data = payload(npages * BS, npages)
+    target.pipe_file("/p/f", data)
+    fs = netcache.NetCacheFileSystem(fs=target, block_size=BS, check_interval=None,
+                                     cache_dir=False, skip_instance_cache=True)  # fmt: skip
+    scheduler = fs.reader.context.readahead
+    scheduler.pipe.limit = 1
+    cookie = fs.reader.pin_version("/p/f")
+    assert scheduler.start(target, cookie, range(npages), True, request_bytes=4 * BS) == npages
+    assert wait_for(lambda: target.now == 1)  # the first request is held at the gate
+    with fs.open("/p/f") as f:
+        f.seek(50 * BS)
+        assert f.read(BS) == data[50 * BS : 51 * BS]  # the gate is still shut
+    assert target.now == 1
+    target.gate.set()
+    with fs.open("/p/f") as f:
+        assert f.read() == data
+    assert fs.stats().retrievals.remote == npages  # none twice

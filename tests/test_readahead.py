@@ -132,7 +132,7 @@ def test_read_ahead_requests_start_small_and_grow() -> None:
 
 
 def test_random_reader_is_not_read_ahead_of() -> None:
-    fs, _, data = make(64)
+    fs, _, data = make(64, random_whole_below=64 * BS - 100)  # the file is as large
     with fs.open("/ra/f") as f:
         for page in (40, 7, 22, 3, 55):
             f.seek(page * BS + 10)
