@@ -167,10 +167,20 @@ class PageCache:
             for page in pages:
                 touch(page.key)  # type: ignore[union-attr]
                 page.atime = now  # type: ignore[union-attr]
-                nbytes += page.nbytes  # type: ignore[union-attr]
+                nbytes += len(page.data)  # type: ignore[union-attr]
             self._mem_hits += len(pages)
             self._mem_bytes += nbytes
         return pages  # type: ignore[return-value]
+
+    def absent_pages(self, file_id: str, version: str, pages: range) -> list[PageKey]:
+        """``absent`` for pages of one file version: plain tuples look the pages up, and
+        keys are made only for those absent (a warm reader's read-ahead asks about every
+        page of its window, all resident)."""
+        resident, inflight = self._pages, self._inflight
+        with self._lock:
+            return [PageKey(file_id, version, i) for i in pages
+                    if (file_id, version, i) not in resident
+                    and (file_id, version, i) not in inflight]  # fmt: skip
 
     def absent(self, keys: Iterable[PageKey]) -> list[PageKey]:
         """The keys neither resident nor being fetched; nothing is touched or claimed."""

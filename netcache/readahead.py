@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from netcache.cookie import FileCookie
 from netcache.errors import ReadaheadFailed
 from netcache.identity import describe_error
-from netcache.page import Page, PageKey, page_keys
+from netcache.page import Page, PageKey
 from netcache.pipe import INITIAL_REQUESTS, MAX_REQUESTS, PipeGauge
 from netcache.warnonce import WarnOnce
 
@@ -166,7 +166,7 @@ class ReadaheadScheduler:
             return 0
         # Resident pages are left out first: a warm reader must not ask the disk tier
         # about them (a large share of a warm sequential read's time).
-        keys = self.page_cache.absent(page_keys(cookie.file_id, cookie.version, pages))
+        keys = self.page_cache.absent_pages(cookie.file_id, cookie.version, pages)
         if not keys:
             return len(pages)
         if self.backend is not None:
