@@ -14,7 +14,7 @@ import threading
 import time
 
 #: Requests in flight at once to start with: what loopback and fast remotes need.
-INITIAL_REQUESTS = 4
+INITIAL_REQUESTS = 8
 #: Requests in flight at once, at most.
 MAX_REQUESTS = 32
 #: A round must deliver this much more than the best round so far for the number of

@@ -105,8 +105,8 @@ class Readahead:
 #: The bytes each read-ahead request carries at most: larger requests go faster
 #: (docs/measurements.md).
 READAHEAD_CHUNK_BYTES = 8 << 20
-#: Read-ahead bytes in flight at once, per cache, before the pipe grows (and an eighth of
-#: its memory budget at most; a quarter once more requests proved to pay).
+#: Read-ahead bytes in flight at once, per cache: this, or twice what the pipe's
+#: requests carry if more, and a quarter of its memory budget at most.
 READAHEAD_MAX_INFLIGHT = 64 << 20
 
 #: What fetches claimed pages for the scheduler: ``(target, claims, cookies, verify,
@@ -119,7 +119,7 @@ def in_flight_limit(memory_limit: int, requests: int = INITIAL_REQUESTS) -> int:
     whose pipe takes ``requests`` at once: twice what they carry (so that some wait, and
     the gauge can tell whether more would pay), bounded by the memory budget."""
     wanted = max(READAHEAD_MAX_INFLIGHT, 2 * requests * READAHEAD_CHUNK_BYTES)
-    return min(wanted, memory_limit // (8 if requests <= INITIAL_REQUESTS else 4))
+    return min(wanted, memory_limit // 4)
 
 
 class ReadaheadScheduler:
