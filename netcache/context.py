@@ -81,6 +81,7 @@ class CacheContext:
         self.readahead = ReadaheadScheduler(self.page_cache, config.block_size, self.backend,
                                             self.fetcher.fetch_claimed, self.warn)  # fmt: skip
         self.fetcher.take_queued = self.readahead.take_queued
+        self.fetcher.target_id = target_id
         self.cookies = CookieJar(
             target_id,
             self.backend,

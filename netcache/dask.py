@@ -18,7 +18,30 @@ from netcache.daskenv import current_worker, monitor_settings
 from netcache.process import registry
 from netcache.stats import COUNTER_NAMES
 
-__all__ = ["cluster_stats", "current_worker", "monitor_settings", "process_stats"]
+__all__ = ["cluster_stats", "current_worker", "monitor_settings", "process_stats",
+           "share_pages", "stop_sharing_pages"]  # fmt: skip
+
+#: The name ``share_pages`` registers its worker plugin under.
+PLUGIN_NAME = "netcache-share-pages"
+
+
+def share_pages(client: Any, timeout: float = 2.0) -> None:
+    """From now on, every ``NetCacheFileSystem`` on every worker of ``client``'s cluster
+    (current and future) asks the home worker of a page for it before the remote; the
+    home serves it from memory or disk, or fetches it once for the whole cluster
+    (:mod:`netcache.peers` says how homes are chosen, :mod:`netcache.daskpeers` how
+    pages travel). A peer that fails, or takes more than ``timeout`` seconds, is
+    counted (``Peers: err, fallback``) and the remote is asked at once."""
+    if not (isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout > 0):
+        raise ValueError(f"timeout={timeout!r} must be a number of seconds above 0")
+    from netcache.daskpeers import PageSharing
+
+    client.register_plugin(PageSharing(float(timeout)), name=PLUGIN_NAME)
+
+
+def stop_sharing_pages(client: Any) -> None:
+    """Undo :func:`share_pages`: workers read from their own tiers and the remote again."""
+    client.unregister_worker_plugin(PLUGIN_NAME)
 
 
 def process_stats() -> dict[str, int]:

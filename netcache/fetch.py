@@ -9,6 +9,7 @@ from concurrent.futures import Future
 
 from fsspec import AbstractFileSystem
 
+from netcache import peers
 from netcache.backends.base import Backend
 from netcache.buffers import PageFiller, page_buffer
 from netcache.cookie import FileCookie
@@ -69,6 +70,8 @@ class PageFetcher:
         #: Hands over claims that read-ahead holds but has not sent (the context wires
         #: its scheduler's ``take_queued`` here); None: nothing to hand over.
         self.take_queued: Callable[[Iterable[PageKey]], dict[PageKey, Future[Page]]] | None = None
+        #: The target's identity, for peers (:mod:`netcache.peers`): set by the context.
+        self.target_id: str | None = None
 
     # -- public ----------------------------------------------------------------------------
 
@@ -121,16 +124,22 @@ class PageFetcher:
         for _, cookie, start, end in batch:
             for index in range(start // bs, (end - 1) // bs + 1):
                 wanted[PageKey(cookie.file_id, cookie.version, index)] = cookie
-        pages = None
+        pages = self.gather_pages(target, wanted, verify)
+        for i, cookie, start, end in batch:
+            results[i].append(self._assemble(pages, cookie, start, end))
+
+    def gather_pages(self, target: AbstractFileSystem, wanted: dict[PageKey, FileCookie],
+                     verify: bool) -> dict[PageKey, Page]:  # fmt: skip
+        """Every wanted page (key -> the version it is of), from memory, disk, peers or
+        the remote: read-ahead that failed under this caller is waited for three times at
+        most, then its pages are fetched without waiting for anyone."""
         for _ in range(3):
             pages = self._gather(target, wanted, verify)
             if pages is not None:
-                break
-        if pages is None:  # read-ahead kept failing under us: fetch without waiting for anyone
-            pages = self._gather(target, wanted, verify, wait=False)
-            assert pages is not None
-        for i, cookie, start, end in batch:
-            results[i].append(self._assemble(pages, cookie, start, end))
+                return pages
+        pages = self._gather(target, wanted, verify, wait=False)
+        assert pages is not None
+        return pages
 
     def _gather(self, target: AbstractFileSystem, wanted: dict[PageKey, FileCookie],
                 verify: bool, wait: bool = True) -> dict[PageKey, Page] | None:  # fmt: skip
@@ -213,6 +222,8 @@ class PageFetcher:
         got: dict[PageKey, Page] = {}
         try:
             missing = self._from_disk(claimed, wanted, got)
+            if missing and self.target_id is not None and peers.current() is not None:
+                missing = self._from_peers(target, missing, claimed, wanted, got)
             by_cookie: dict[FileCookie, list[int]] = {}
             for key in missing:
                 by_cookie.setdefault(wanted[key], []).append(key.index)
@@ -287,6 +298,25 @@ class PageFetcher:
         except Exception as exc:
             self._counters.add("disk.werr")
             self._warn("discard", "netcache: removing a damaged page failed: %r", exc)
+
+    def _from_peers(self, target: AbstractFileSystem, missing: list[PageKey],
+                    claimed: dict[PageKey, Future[Page]], wanted: dict[PageKey, FileCookie],
+                    got: dict[PageKey, Page]) -> list[PageKey]:  # fmt: skip
+        """Ask peers for ``missing`` pages; the ones still missing (for the remote)."""
+        source = peers.current()
+        assert source is not None and self.target_id is not None
+        answer = source.fetch(target, self.target_id, self.block_size, missing, wanted)
+        nbytes = sum(len(data) for data in answer.pages.values())
+        self._counters.add_many({"peers.asked": answer.asked, "peers.req": answer.requests,
+                                 "peers.got": len(answer.pages),
+                                 "peers.gbytes": nbytes, "peers.fallback": answer.fallback,
+                                 "peers.err": answer.errors})  # fmt: skip
+        for key, data in answer.pages.items():
+            page = Page(key, page_buffer(data))
+            if self.page_cache.complete(page, claimed[key]):
+                self._store(page)
+            got[key] = page
+        return [key for key in missing if key not in answer.pages]
 
     def _from_remote(
         self,

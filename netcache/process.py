@@ -16,7 +16,7 @@ import threading
 import time
 from typing import Any
 
-from netcache import buffers, pressure
+from netcache import buffers, peers, pressure
 from netcache.config import LIVE_SETTINGS, CacheConfig
 from netcache.context import CacheContext
 from netcache.livestats import LiveStats
@@ -180,11 +180,12 @@ def close_all(drain_timeout: float = EXIT_DRAIN_SECONDS) -> bool:
 
 def reset(drain_timeout: float = EXIT_DRAIN_SECONDS) -> bool:
     """Start afresh in this process: close every cache (draining its stores for at most
-    ``drain_timeout`` seconds), stop and forget the default monitor, and empty the
-    buffer pool. Returns whether every store finished."""
+    ``drain_timeout`` seconds), stop and forget the default monitor, empty the buffer
+    pool, and forget the peer source. Returns whether every store finished."""
     drained = close_all(drain_timeout)
     use_default_monitor(None)
     buffers.drop_recycled()
+    peers.uninstall()
     return drained
 
 
@@ -192,6 +193,7 @@ def _after_fork_in_child() -> None:
     global _default_lock
     _default_lock = threading.Lock()
     registry.reset_after_fork()
+    peers.uninstall()  # it sends on the parent's event loop, which the child has not
     live_stats.reset_after_fork()
     buffers.reset_after_fork()
     pressure.reset_tokens_after_fork()

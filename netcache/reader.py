@@ -15,6 +15,7 @@ from typing import Any
 from fsspec import AbstractFileSystem
 from fsspec.callbacks import DEFAULT_CALLBACK, Callback
 
+from netcache import peers
 from netcache.buffers import PageFiller
 from netcache.context import CacheContext
 from netcache.cookie import FileCookie
@@ -65,7 +66,10 @@ class Reader:
         first open may fetch their pages in the requests that learn the version;
         ``looked``: that first look, taken already (``cat_ranges`` takes many at once)."""
         context = self.context
-        spans = look_spans(reading, self.block_size, context.fetcher.look_limit)
+        # with peers, bytes come from a page's home: a first look would fetch them from
+        # the remote on every worker, so the version comes from info() alone
+        sharing = peers.current() is not None
+        spans = [] if sharing else look_spans(reading, self.block_size, context.fetcher.look_limit)
         offered: list[tuple[int, PageFiller]] = []
 
         def look(path: str) -> dict[str, Any]:
@@ -202,7 +206,8 @@ class Reader:
         for p, indices in by_path.items():
             file_starts, file_ends = [starts[i] for i in indices], [ends[i] for i in indices]
             answers = self._resident_ranges(p, file_starts, file_ends)
-            if answers is None and self.context.cookies.would_look(p, self.check_interval):
+            if (answers is None and peers.current() is None
+                    and self.context.cookies.would_look(p, self.check_interval)):  # fmt: skip
                 spans = look_spans(list(zip(file_starts, file_ends, strict=True)),
                                    self.block_size, limit)  # fmt: skip
                 if spans:

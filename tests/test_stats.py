@@ -45,7 +45,7 @@ def test_snapshot_text_attributes_and_dict() -> None:
                               "pressure_level": "NONE"}  # fmt: skip
     names = [line.split(":")[0].strip() for line in lines.splitlines()]
     assert names == ["Pages", "Retrvls", "Stores", "Unstord", "VmScan", "Evict", "Invals",
-                     "Disk", "Pressure"]  # fmt: skip
+                     "Disk", "Pressure", "Peers"]  # fmt: skip
     assert re.search(r"^Pressure: .* level=NONE$", text, re.M)
     assert re.search(r"^VmScan : nos=0 gon=0 bsy=0 can=0 wt=0 kep=0$", text, re.M)
     assert re.search(rf"^Retrvls: mem=1 disk=0 remote=3 rbytes={3 * BS} req=2 ", text, re.M)
