@@ -104,14 +104,17 @@ def job(url: str, expected: dict[str, int], big: bytes, share: bool, kill: bool)
                 netcache.dask.share_pages(client)
             urllib.request.urlopen(f"{url}/_control/reset").read()
             started = time.perf_counter()
+            passes = []
             for seed in range(PASSES):
                 run_pass(client, url, expected, big, seed, kill and seed == 1)
+                passes.append(time.perf_counter() - started - sum(passes))
             seconds = time.perf_counter() - started
             stats = netcache.dask.cluster_stats(client)["total"]
         sent = json.loads(urllib.request.urlopen(f"{url}/_control/stats").read())["bytes_sent"]
     finally:
         shutil.rmtree(base, ignore_errors=True)
-    return {"seconds": seconds, "sent": sent, **{k: v for k, v in stats.items() if "peers" in k}}
+    return {"seconds": seconds, "passes": passes, "sent": sent,
+            **{k: v for k, v in stats.items() if "peers" in k}}
 
 
 def run_pass(client: Any, url: str, expected: dict[str, int], big: bytes, seed: int,
@@ -195,6 +198,9 @@ def report(runs: dict[str, list[dict[str, Any]]], killed: dict[str, Any], size: 
     ratio = med(a["seconds"] / s["seconds"] for a, s in zip(runs["alone"], runs["shared"],
                                                               strict=True))  # fmt: skip
     print(f"\nwall time without sharing ÷ with it (same runs): {ratio:.2f}")
+    for mode, rs in runs.items():
+        each = [statistics.median(r["passes"][i] for r in rs) for i in range(PASSES)]
+        print(f"- {mode}, seconds per pass: " + ", ".join(f"{s:.2f}" for s in each))
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ REFRESH_SECONDS = 1.0
 #: Seconds a peer that failed is left out of the homes.
 SUSPECT_SECONDS = 10.0
 #: Threads per worker that serve peers (each a fetch: memory, disk, or the remote).
-SERVE_THREADS = 4
+SERVE_THREADS = 16
 #: The handler's name on every worker.
 HANDLER = "netcache_pages"
 

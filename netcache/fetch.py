@@ -312,9 +312,10 @@ class PageFetcher:
                                  "peers.gbytes": nbytes, "peers.fallback": answer.fallback,
                                  "peers.err": answer.errors})  # fmt: skip
         for key, data in answer.pages.items():
-            page = Page(key, page_buffer(data))
-            if self.page_cache.complete(page, claimed[key]):
-                self._store(page)
+            # the answer's own bytes become the page: no second copy. Kept in memory
+            # only: the page's home keeps it on disk, one copy for the cluster
+            page = Page(key, data if type(data) is bytes else page_buffer(data))
+            self.page_cache.complete(page, claimed[key])
             got[key] = page
         return [key for key in missing if key not in answer.pages]
 

@@ -174,7 +174,11 @@ class NetCacheFile(AbstractBufferedFile):
 
     def _fetch_range(self, start: int, end: int) -> bytes:
         reader: Reader = self.fs.reader  # made anew in a forked child
-        pipe = reader.read_ahead_limit() if self.fs.readahead_grows else 0
+        pipe = (
+            reader.read_ahead_limit(self.cookie, end // self.blocksize)
+            if self.fs.readahead_grows
+            else 0
+        )
         ahead = self._readahead.advise(start, end, pipe)
         if ahead is not None:  # started first, so it overlaps with this read's own fetch
             started = reader.read_ahead(self.cookie, ahead, self._readahead.request_pages)

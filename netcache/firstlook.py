@@ -119,45 +119,23 @@ def first_looks(
     page_size: int,
     retries: Retries | None = None,
     fell_back: FellBack | None = None,
-    on_found: Callable[[str, Looked], None] | None = None,
 ) -> dict[str, Looked]:
     """A first look at each file of ``spans`` (path -> its spans), all of them at once
     on the target's event loop, as fsspec's ``cat`` of many files sends its requests.
     Each file's look is made again after a transient error, as ``retries`` says. A look
     that could be taken but answers None (an error, an answer that is not plain) is
-    reported to ``fell_back`` with its error, if any: the caller then asks ``info()``.
-    ``on_found(path, looked)`` is called as each file's look ends, on the event loop (so
-    a caller can start reading that file while others still arrive): it must not block."""
+    reported to ``fell_back`` with its error, if any: the caller then asks ``info()``."""
     if streams_pages(target):  # a subclass with requests of its own is asked info()
         look = _http_first_look
     elif is_s3(target):
         look = _s3_first_look
     else:
-        out = dict.fromkeys(spans)
-        for path in out if on_found is not None else ():
-            on_found(path, None)
-        return out
-    out: dict[str, Looked] = {}
+        return dict.fromkeys(spans)
 
-    def found(path: str, looked: Found | BaseException | None) -> None:
-        # anything else than no such file: info() says it in fsspec's own form
-        failed = isinstance(looked, BaseException) and not isinstance(looked, FileNotFoundError)
-        out[path] = None if failed else looked  # type: ignore[assignment]
-        if (failed or looked is None) and fell_back is not None:
-            fell_back(path, looked if failed else None)  # type: ignore[arg-type]
-        if on_found is not None:
-            on_found(path, out[path])
-
-    async def one_file(path: str, file_spans: list[Span]) -> None:
-        try:
-            if retries is None:
-                looked = await look(target, path, file_spans, page_size)
-            else:
-                looked = await retries.call_async(lambda: look(target, path, file_spans, page_size))
-        except Exception as exc:  # the caller's info() raises it in fsspec's own form
-            found(path, exc)
-        else:
-            found(path, looked)
+    async def one_file(path: str, file_spans: list[Span]) -> Found | None:
+        if retries is None:
+            return await look(target, path, file_spans, page_size)
+        return await retries.call_async(lambda: look(target, path, file_spans, page_size))
 
     async def all_files() -> list[Any]:
         return await asyncio.gather(*(one_file(path, file_spans)
@@ -165,13 +143,17 @@ def first_looks(
                                     return_exceptions=True)  # fmt: skip
 
     try:
-        ended: list[Any] = sync(target.loop, all_files)
+        found = sync(target.loop, all_files)
     except Exception as exc:  # the caller's info() raises the error in fsspec's own form
-        ended = [exc] * len(spans)
-    for path, end in zip(spans, ended, strict=True):
-        if path not in out:  # cancelled, or the loop failed
-            found(path, end if isinstance(end, BaseException) else None)
-    return {path: out[path] for path in spans}
+        found = [exc] * len(spans)
+    out: dict[str, Looked] = {}
+    for path, looked in zip(spans, found, strict=True):
+        # anything else than no such file: info() says it in fsspec's own form
+        failed = isinstance(looked, BaseException) and not isinstance(looked, FileNotFoundError)
+        out[path] = None if failed else looked
+        if (failed or looked is None) and fell_back is not None:
+            fell_back(path, looked if failed else None)
+    return out
 
 
 def _agreed(

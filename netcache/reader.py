@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future
 from typing import Any
 
 from fsspec import AbstractFileSystem
@@ -21,6 +20,7 @@ from netcache.context import CacheContext
 from netcache.cookie import FileCookie
 from netcache.errors import FileChangedError
 from netcache.firstlook import Looked, Span, first_look, first_looks, look_spans
+from netcache.page import PageKey
 from netcache.readahead import READAHEAD_CHUNK_BYTES
 from netcache.wholefile import local_copy
 
@@ -128,9 +128,14 @@ class Reader:
         return self.context.readahead.start(self.target, cookie, pages, self.verify,
                                             request_bytes)  # fmt: skip
 
-    def read_ahead_limit(self) -> int:
-        """Bytes a sequential reader's window may hold ahead now: what the remote's pipe
-        was measured to take in flight (at least the ``readahead`` setting)."""
+    def read_ahead_limit(self, cookie: FileCookie, page: int) -> int:
+        """Bytes a sequential reader's window may grow to ahead of ``page``: what the
+        remote's pipe was measured to take in flight, or 0 where the disk tier holds
+        that page (its reads need no wider window than ``readahead``, and hints reaching
+        further only compete with the reader's own reads). No I/O."""
+        backend = self.context.backend
+        if backend is not None and backend.holds(PageKey(cookie.file_id, cookie.version, page)):
+            return 0
         return self.context.readahead.pipe_bytes()
 
     def read_pages(self, cookie: FileCookie, start: int, end: int) -> bytes:
@@ -236,22 +241,16 @@ class Reader:
         wave's files are read (on the file workers) while the next wave is looked at."""
         jobs: list[tuple[list[int], Any]] = []
         retries = self.context.retries.for_target(self.target)
-        reads: dict[str, Future[list[Any]]] = {}
-
-        def read(p: str, answer: Looked) -> None:  # each file as its look ends
-            indices = by_path[p]
-            reads[p] = self.context.file_workers.submit(
-                self._file_ranges, p, [starts[i] for i in indices],
-                [ends[i] for i in indices], on_error, answer, answer is not None,
-            )  # fmt: skip
-
         for wave in waves(cold, self.context.fetcher.look_limit):
             looked = first_looks(self.target, wave, self.block_size, retries,
-                                 self.context.look_fell_back, on_found=read)  # fmt: skip
+                                 self.context.look_fell_back)  # fmt: skip
             for p in wave:
-                if p not in reads:  # not started as its look ended (the pool shut down)
-                    read(p, looked[p])
-                jobs.append((by_path[p], reads[p]))
+                indices = by_path[p]
+                answer = looked[p]
+                jobs.append((indices, self.context.file_workers.submit(
+                    self._file_ranges, p, [starts[i] for i in indices],
+                    [ends[i] for i in indices], on_error, answer, answer is not None,
+                )))  # fmt: skip
         return jobs
 
     def _resident_ranges(
