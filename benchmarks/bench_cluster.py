@@ -113,8 +113,12 @@ def job(url: str, expected: dict[str, int], big: bytes, share: bool, kill: bool)
         sent = json.loads(urllib.request.urlopen(f"{url}/_control/stats").read())["bytes_sent"]
     finally:
         shutil.rmtree(base, ignore_errors=True)
-    return {"seconds": seconds, "passes": passes, "sent": sent,
-            **{k: v for k, v in stats.items() if "peers" in k}}
+    return {
+        "seconds": seconds,
+        "passes": passes,
+        "sent": sent,
+        **{k: v for k, v in stats.items() if "peers" in k},
+    }
 
 
 def run_pass(client: Any, url: str, expected: dict[str, int], big: bytes, seed: int,
