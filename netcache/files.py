@@ -193,9 +193,14 @@ class NetCacheFile(AbstractBufferedFile):
         """Random reading of a small file: the rest of it, in the background (after the
         reader's own pages, which also go first later: they are taken back from
         requests not yet sent), as far as the in-flight bound allows; a later read asks
-        for the remainder."""
+        for the remainder. Not for a file the disk tier holds."""
         assert self._whole_next is not None and self.cookie.size is not None
         rest = range(self._whole_next, (self.cookie.size - 1) // self.blocksize + 1)
+        if rest and reader.on_disk(self.cookie, rest.start):
+            # the disk tier holds the file (a reader before this one fetched it): its
+            # random reads cost no round trip, and hints for all of it only compete
+            self._whole_next = None
+            return
         started = reader.read_ahead(self.cookie, rest) if rest else 0
         self._whole_next = None if started == len(rest) else rest.start + started
 

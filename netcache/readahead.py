@@ -106,8 +106,10 @@ class Readahead:
 #: (docs/measurements.md).
 READAHEAD_CHUNK_BYTES = 8 << 20
 #: Read-ahead bytes in flight at once, per cache: this, or twice what the pipe's
-#: requests carry if more, and a quarter of its memory budget at most.
+#: requests carry if more, and a quarter of its memory budget at most (an eighth of a
+#: budget under ``SMALL_BUDGET``).
 READAHEAD_MAX_INFLIGHT = 64 << 20
+SMALL_BUDGET = 256 << 20
 
 #: What fetches claimed pages for the scheduler: ``(target, claims, cookies, verify,
 #: failure)``; meets every claim or fails those not met (with ``failure``) and raises.
@@ -119,7 +121,8 @@ def in_flight_limit(memory_limit: int, requests: int = INITIAL_REQUESTS) -> int:
     whose pipe takes ``requests`` at once: twice what they carry (so that some wait, and
     the gauge can tell whether more would pay), bounded by the memory budget."""
     wanted = max(READAHEAD_MAX_INFLIGHT, 2 * requests * READAHEAD_CHUNK_BYTES)
-    return min(wanted, memory_limit // 4)
+    # small budgets are set to keep memory down: an eighth of them, as before the pipe
+    return min(wanted, memory_limit // (4 if memory_limit >= SMALL_BUDGET else 8))
 
 
 class ReadaheadScheduler:

@@ -133,10 +133,13 @@ class Reader:
         remote's pipe was measured to take in flight, or 0 where the disk tier holds
         that page (its reads need no wider window than ``readahead``, and hints reaching
         further only compete with the reader's own reads). No I/O."""
+        return 0 if self.on_disk(cookie, page) else self.context.readahead.pipe_bytes()
+
+    def on_disk(self, cookie: FileCookie, page: int) -> bool:
+        """Whether the disk tier holds page ``page`` of ``cookie``'s version, as far as
+        its index in memory says (no I/O)."""
         backend = self.context.backend
-        if backend is not None and backend.holds(PageKey(cookie.file_id, cookie.version, page)):
-            return 0
-        return self.context.readahead.pipe_bytes()
+        return backend is not None and backend.holds(PageKey(cookie.file_id, cookie.version, page))
 
     def read_pages(self, cookie: FileCookie, start: int, end: int) -> bytes:
         """Bytes ``[start, end)`` of one pinned version of a file."""

@@ -203,8 +203,8 @@ def test_a_reader_can_take_over_pages_another_claim_holds() -> None:
 
 
 def test_readahead_in_flight_is_bounded_by_the_memory_budget() -> None:
-    """Answers in flight sit outside the budget: at most 1/4 of it, in requests of at most
-    1/32 of it (a 32-page budget: 8 pages in flight, one page per request)."""
+    """Answers in flight sit outside the budget: at most 1/8 of it, in requests of at most
+    1/32 of it (a 32-page budget: 4 pages in flight, one page per request)."""
 
     class Slow(Memory):
         def __init__(self) -> None:
@@ -232,7 +232,7 @@ def test_readahead_in_flight_is_bounded_by_the_memory_budget() -> None:
                                      skip_instance_cache=True)  # fmt: skip
     with fs.open("/ra/big") as f:
         assert b"".join(iter(lambda: f.read(BS // 2), b"")) == data
-    assert 0 < target.most <= 8 * BS  # read ahead, but never more than 8 pages at once
+    assert 0 < target.most <= 4 * BS  # read ahead, but never more than 4 pages at once
     assert max(end - start for start, end in target.requested) <= BS
 
 
