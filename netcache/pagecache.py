@@ -172,6 +172,11 @@ class PageCache:
             self._mem_bytes += nbytes
         return pages  # type: ignore[return-value]
 
+    def is_resident(self, file_id: str, version: str, index: int) -> bool:
+        """Whether that page is in memory now (nothing touched or counted)."""
+        with self._lock:
+            return (file_id, version, index) in self._pages
+
     def absent_pages(self, file_id: str, version: str, pages: range) -> list[PageKey]:
         """``absent`` for pages of one file version: plain tuples look the pages up, and
         keys are made only for those absent (a warm reader's read-ahead asks about every

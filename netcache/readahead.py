@@ -152,6 +152,7 @@ class ReadaheadScheduler:
         self._bytes = 0
         self._queue: deque[_Request] = deque()
         self._running = 0
+        self._cut = False  # the last start let out fewer pages than asked (the bound)
 
     def pipe_bytes(self) -> int:
         """Bytes of read-ahead the cache keeps in flight at most now: how far ahead a
@@ -188,7 +189,9 @@ class ReadaheadScheduler:
             # reader whose window is larger than the bound fetching its pages itself,
             # a round trip a read).
             room = (bound - self._bytes) // self.block_size
-            if room < len(keys):
+            # readers asking for more than the bound lets out: the pipe is the limit
+            self._cut = room < len(keys)
+            if self._cut:
                 room = max(0, room) // step * step
                 handled = keys[room].index - pages.start
                 keys = keys[:room]
@@ -275,7 +278,9 @@ class ReadaheadScheduler:
                 describe_error(exc),
             )
         else:
-            self.pipe.finished(len(claimed) * self.block_size, waiting=bool(self._queue))
+            nbytes = len(claimed) * self.block_size
+            if nbytes >= READAHEAD_CHUNK_BYTES // 2:  # small requests measure the ramp-up
+                self.pipe.finished(nbytes, waiting=bool(self._queue) or self._cut)
         finally:
             self._release(len(claimed) * self.block_size, running=True)
             self._send([])

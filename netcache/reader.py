@@ -133,6 +133,8 @@ class Reader:
         remote's pipe was measured to take in flight, or 0 where the disk tier holds
         that page (its reads need no wider window than ``readahead``, and hints reaching
         further only compete with the reader's own reads). No I/O."""
+        if self.context.page_cache.is_resident(cookie.file_id, cookie.version, page):
+            return self.context.readahead.pipe_bytes()  # warm: the disk is not asked
         return 0 if self.on_disk(cookie, page) else self.context.readahead.pipe_bytes()
 
     def on_disk(self, cookie: FileCookie, page: int) -> bool:

@@ -251,7 +251,8 @@ def test_a_cluster_fetches_each_page_from_the_remote_about_once(
     assert shared["sent"] <= 1.1 * size, shared
     assert 1.5 * size < alone["sent"] <= WORKERS * size, alone
     p = shared["stats"]
-    assert p["peers.got"] > 0 and p["peers.served"] == p["peers.got"]
+    # served counts can outlive the asker's: a cache replaced by one of other settings
+    assert p["peers.served"] >= p["peers.got"] > 0
     assert p["peers.err"] == 0 and p["peers.fallback"] == 0
     assert alone["stats"]["peers.asked"] == 0  # nothing changes without share_pages
 
