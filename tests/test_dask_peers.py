@@ -239,7 +239,14 @@ def run_job(model_server: RangeServer, dataset: dict[str, bytes], tmp: str, shar
                 os.kill(pid, signal.SIGKILL)
             check_pass(client, futures, dataset)
         stats = netcache_dask.cluster_stats(client)["total"]
+        if share:  # and undone: no worker asks peers any more
+            netcache_dask.stop_sharing_pages(client)
+            assert set(client.run(_peer_source).values()) == {False}
     return {"sent": model_server.bytes_sent, "stats": stats}
+
+
+def _peer_source() -> bool:
+    return peers.current() is not None
 
 
 def test_a_cluster_fetches_each_page_from_the_remote_about_once(
@@ -354,7 +361,8 @@ def test_a_slow_peer_is_left_for_the_remote_within_the_timeout() -> None:
 
     started = time.monotonic()
     result, client, worker = _client_fetch(never, timeout=0.3)
-    assert time.monotonic() - started < 5  # bounded by the timeout, not the peer
+    # given up by the 0.3 s timeout, well before the 5 s margin the caller adds to it
+    assert time.monotonic() - started < 3
     assert worker.asked == ["tcp://other:2"] and result.requests == 1
     assert result.errors == 1 and result.fallback == result.asked == 4 and not result.pages
     assert client.homes() == ("tcp://me:1",)  # left out for a while
