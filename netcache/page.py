@@ -18,13 +18,6 @@ class PageKey(NamedTuple):
     index: int
 
 
-def page_keys(file_id: str, version: str, indices: range) -> list[PageKey]:
-    """The keys of ``indices`` of one file version; built without the named tuple's
-    Python-level ``__new__``, which costs as much as the rest of a warm hit's lookup."""
-    new = tuple.__new__
-    return [new(PageKey, (file_id, version, i)) for i in indices]
-
-
 class StoreState(enum.Enum):
     """Where a page stands in write-back; a page is in exactly one state at a time.
 

@@ -178,19 +178,16 @@ class PageCache:
             return (file_id, version, index) in self._pages
 
     def absent_pages(self, file_id: str, version: str, pages: range) -> list[PageKey]:
-        """``absent`` for pages of one file version: plain tuples look the pages up, and
-        keys are made only for those absent (a warm reader's read-ahead asks about every
-        page of its window, all resident)."""
+        """The keys of ``pages`` of one file version neither resident nor being fetched;
+        nothing is touched or claimed. Plain tuples look the pages up, and keys are made
+        only for those absent (a warm reader's read-ahead asks about every page of its
+        window, all resident)."""
         resident, inflight = self._pages, self._inflight
+        new = tuple.__new__  # PageKey's own __new__ costs as much as the lookups
         with self._lock:
-            return [PageKey(file_id, version, i) for i in pages
+            return [new(PageKey, (file_id, version, i)) for i in pages
                     if (file_id, version, i) not in resident
                     and (file_id, version, i) not in inflight]  # fmt: skip
-
-    def absent(self, keys: Iterable[PageKey]) -> list[PageKey]:
-        """The keys neither resident nor being fetched; nothing is touched or claimed."""
-        with self._lock:
-            return [key for key in keys if key not in self._pages and key not in self._inflight]
 
     def claim_missing(self, keys: Iterable[PageKey]) -> dict[PageKey, Future[Page]]:
         """Claim the keys neither resident nor being fetched (for read-ahead: nothing is

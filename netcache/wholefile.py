@@ -12,7 +12,6 @@ from netcache.cookie import FileCookie
 from netcache.errors import ShortReadError
 from netcache.firstlook import Span
 from netcache.identity import redact_url
-from netcache.page import page_keys
 from netcache.readahead import READAHEAD_CHUNK_BYTES
 
 
@@ -108,8 +107,8 @@ def _runs_by_residence(reader: PageReader, cookie: FileCookie,
     bs = reader.block_size
     lo, hi = span
     indices = range(lo // bs, -(-hi // bs))
-    keys = page_keys(cookie.file_id, cookie.version, indices)
-    absent = {key.index for key in reader.context.page_cache.absent(keys)}
+    page_cache = reader.context.page_cache
+    absent = {key.index for key in page_cache.absent_pages(cookie.file_id, cookie.version, indices)}
     out: list[tuple[int, int, bool]] = []
     for index in indices:
         page_lo, page_hi, resident = index * bs, min(hi, (index + 1) * bs), index not in absent
