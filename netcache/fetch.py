@@ -222,8 +222,9 @@ class PageFetcher:
         got: dict[PageKey, Page] = {}
         try:
             missing = self._from_disk(claimed, wanted, got)
-            if missing and self.target_id is not None and peers.current() is not None:
-                missing = self._from_peers(target, missing, claimed, wanted, got)
+            source = peers.current() if missing and self.target_id is not None else None
+            if source is not None:
+                missing = self._from_peers(source, target, missing, claimed, wanted, got)
             by_cookie: dict[FileCookie, list[int]] = {}
             for key in missing:
                 by_cookie.setdefault(wanted[key], []).append(key.index)
@@ -299,12 +300,12 @@ class PageFetcher:
             self._counters.add("disk.werr")
             self._warn("discard", "netcache: removing a damaged page failed: %r", exc)
 
-    def _from_peers(self, target: AbstractFileSystem, missing: list[PageKey],
-                    claimed: dict[PageKey, Future[Page]], wanted: dict[PageKey, FileCookie],
-                    got: dict[PageKey, Page]) -> list[PageKey]:  # fmt: skip
+    def _from_peers(self, source: peers.PeerSource, target: AbstractFileSystem,
+                    missing: list[PageKey], claimed: dict[PageKey, Future[Page]],
+                    wanted: dict[PageKey, FileCookie], got: dict[PageKey, Page],
+                    ) -> list[PageKey]:  # fmt: skip
         """Ask peers for ``missing`` pages; the ones still missing (for the remote)."""
-        source = peers.current()
-        assert source is not None and self.target_id is not None
+        assert self.target_id is not None
         answer = source.fetch(target, self.target_id, self.block_size, missing, wanted)
         nbytes = sum(len(data) for data in answer.pages.values())
         self._counters.add_many({"peers.asked": answer.asked, "peers.req": answer.requests,
