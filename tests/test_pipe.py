@@ -4,6 +4,7 @@ throughput, stops where it does not, and the scheduler never sends more at once.
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import pytest
 from conftest import BS, payload, wait_for
@@ -106,13 +107,20 @@ class Gated(MemoryFileSystem):
                 self.now -= 1
 
 
-def test_scheduler_sends_no_more_requests_at_once_than_the_pipe_takes() -> None:
+def gated(npages: int, **options: Any) -> tuple[netcache.NetCacheFileSystem, Gated, bytes]:
+    """A memory-only cache over a ``Gated`` target holding ``/p/f``, ``npages`` long."""
     target = Gated(skip_instance_cache=True)
-    npages = 256
     data = payload(npages * BS, npages)
     target.pipe_file("/p/f", data)
     fs = netcache.NetCacheFileSystem(fs=target, block_size=BS, check_interval=None,
-                                     cache_dir=False, skip_instance_cache=True)  # fmt: skip
+                                     cache_dir=False, skip_instance_cache=True,
+                                     **options)  # fmt: skip
+    return fs, target, data
+
+
+def test_scheduler_sends_no_more_requests_at_once_than_the_pipe_takes() -> None:
+    npages = 256
+    fs, target, data = gated(npages)
     scheduler = fs.reader.context.readahead
     scheduler.pipe.limit = 3  # as if measured
     cookie = fs.reader.pin_version("/p/f")
@@ -133,14 +141,9 @@ def random_reads(f: object, data: bytes, offsets: list[int], n: int = 1000) -> N
 
 
 def test_a_small_file_read_at_random_is_fetched_whole_in_the_background() -> None:
-    target = Gated(skip_instance_cache=True)
-    target.gate.set()
     npages = 40
-    data = payload(npages * BS, npages)
-    target.pipe_file("/p/f", data)
-    fs = netcache.NetCacheFileSystem(fs=target, block_size=BS, check_interval=None,
-                                     cache_dir=False, skip_instance_cache=True,
-                                     random_whole_below=(npages + 1) * BS)  # fmt: skip
+    fs, target, data = gated(npages, random_whole_below=(npages + 1) * BS)
+    target.gate.set()
     with fs.open("/p/f") as f:
         random_reads(f, data, [30 * BS + 5, 3 * BS, 17 * BS])
         assert wait_for(lambda: fs.stats().retrievals.remote == npages)
@@ -149,13 +152,8 @@ def test_a_small_file_read_at_random_is_fetched_whole_in_the_background() -> Non
 
 
 def test_a_file_over_the_limit_read_at_random_fetches_only_what_is_read() -> None:
-    target = Gated(skip_instance_cache=True)
     npages = 40
-    data = payload(npages * BS, npages)
-    target.pipe_file("/p/f", data)
-    fs = netcache.NetCacheFileSystem(fs=target, block_size=BS, check_interval=None,
-                                     cache_dir=False, skip_instance_cache=True,
-                                     random_whole_below=npages * BS)  # fmt: skip
+    fs, target, data = gated(npages, random_whole_below=npages * BS)
     with fs.open("/p/f") as f:
         random_reads(f, data, [30 * BS + 5, 3 * BS, 17 * BS, 9 * BS])
     fs.flush()
@@ -175,12 +173,8 @@ def test_bad_random_whole_below() -> None:
 def test_a_readers_own_pages_are_taken_back_from_requests_not_yet_sent() -> None:
     """The pipe takes one request, held at a gate: the reader's page, queued behind it,
     is fetched by the reader at once, not after the gate opens."""
-    target = Gated(skip_instance_cache=True)
     npages = 64
-    data = payload(npages * BS, npages)
-    target.pipe_file("/p/f", data)
-    fs = netcache.NetCacheFileSystem(fs=target, block_size=BS, check_interval=None,
-                                     cache_dir=False, skip_instance_cache=True)  # fmt: skip
+    fs, target, data = gated(npages)
     scheduler = fs.reader.context.readahead
     scheduler.pipe.limit = 1
     cookie = fs.reader.pin_version("/p/f")
