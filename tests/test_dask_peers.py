@@ -228,7 +228,7 @@ def run_job(model_server: RangeServer, dataset: dict[str, bytes], tmp: str, shar
     ):  # fmt: skip
         client.register_plugin(CacheHomePerWorker(tmp))
         if share:
-            netcache_dask.share_pages(client, timeout=10)  # a busy CI machine: no give-ups
+            netcache_dask.share_pages(client, timeout=30)  # a busy, shared machine: no give-ups
         model_server.reset_counts()
         for seed in range(PASSES):
             futures = run_pass(client, model_server.url, dataset, seed)
