@@ -13,8 +13,11 @@ from __future__ import annotations
 import threading
 import time
 
-#: Requests in flight at once to start with: what loopback and fast remotes need.
-INITIAL_REQUESTS = 8
+#: Requests in flight at once to start with. An object store's pipe needs about 16 (a
+#: request's time over its share of the stream), and a file read in the first rounds
+#: gains nothing from a gauge that starts lower; on loopback 16 cost nothing more than 8
+#: (docs/measurements.md).
+INITIAL_REQUESTS = 16
 #: Requests in flight at once, at most.
 MAX_REQUESTS = 32
 #: A round must deliver this much more than the best round so far for the number of

@@ -38,7 +38,7 @@ def test_steady_state_asks_in_batches() -> None:
     assert [p for r in asked for p in r] == list(range(1, asked[-1][-1] + 1))  # no gaps
 
 
-def test_window_starts_at_four_reads_and_grows_fourfold_while_small() -> None:
+def test_window_starts_at_four_reads_and_grows_eightfold_while_small() -> None:
     kib = 1024
     ra = Readahead(block_size=128 * kib, max_bytes=32 << 20, size=1 << 30)  # 256 pages
     # a first read of 8 pages: a window of 32 (at least 1/16 of the most, so it doubles)
@@ -52,8 +52,8 @@ def test_window_starts_at_four_reads_and_grows_fourfold_while_small() -> None:
     small = Readahead(block_size=128 * kib, max_bytes=32 << 20, size=1 << 30)
     assert small.advise(0, 64 * kib) == range(1, 5)  # a small read: INITIAL_PAGES
     assert small.request_pages == 8  # never under 1 MiB a request
-    assert small.advise(64 * kib, 128 * kib) == range(5, 17)  # fourfold while under 16
-    assert small.advise(128 * kib, 192 * kib) == range(17, 34)  # then twofold
+    assert small.advise(64 * kib, 128 * kib) == range(5, 33)  # eightfold while under 16
+    assert small.advise(128 * kib, 192 * kib) == range(33, 66)  # then twofold
 
 
 def test_never_past_eof_and_off_switch() -> None:
