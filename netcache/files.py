@@ -174,18 +174,20 @@ class NetCacheFile(AbstractBufferedFile):
 
     def _fetch_range(self, start: int, end: int) -> bytes:
         reader: Reader = self.fs.reader  # made anew in a forked child
+        readahead = self._readahead
+        # only a sequential read's window grows with the pipe: a random one skips asking
         pipe = (
             reader.read_ahead_limit(self.cookie, end // self.blocksize)
-            if self.fs.readahead_grows
+            if self.fs.readahead_grows and readahead.is_sequential(start)
             else 0
         )
-        ahead = self._readahead.advise(start, end, pipe)
+        ahead = readahead.advise(start, end, pipe)
         if ahead is not None:  # started first, so it overlaps with this read's own fetch
-            started = reader.read_ahead(self.cookie, ahead, self._readahead.request_pages)
+            started = reader.read_ahead(self.cookie, ahead, readahead.request_pages)
             if started < len(ahead):  # asked for again by a later read
-                self._readahead.not_started(ahead.start + started)
+                readahead.not_started(ahead.start + started)
         data = reader.read_pages(self.cookie, start, end)
-        if self._whole_next is not None and self._readahead.random_reads >= RANDOM_READS:
+        if self._whole_next is not None and readahead.random_reads >= RANDOM_READS:
             self._fetch_rest(reader)
         return data
 

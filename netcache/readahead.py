@@ -67,11 +67,15 @@ class Readahead:
         #: Reads so far that did not start where the one before ended.
         self.random_reads = 0
 
+    def is_sequential(self, start: int) -> bool:
+        """Whether a read from ``start`` would be sequential (nothing is recorded)."""
+        return start == (0 if self._next is None else self._next)
+
     def advise(self, start: int, end: int, pipe_bytes: int = 0) -> range | None:
         """Record a read of ``[start, end)``; return pages to fetch ahead, if any. The
         window grows past ``max_bytes`` up to ``pipe_bytes``, what the remote's pipe
         takes in flight (:meth:`ReadaheadScheduler.pipe_bytes`)."""
-        sequential = start == (0 if self._next is None else self._next)
+        sequential = self.is_sequential(start)
         self._next = end
         self.random_reads += not sequential
         if not sequential or self.max_pages == 0:
