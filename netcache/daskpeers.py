@@ -148,6 +148,20 @@ class PeerClient:
         with self._lock:
             self._suspects[address] = time.monotonic() + SUSPECT_SECONDS
 
+    def elsewhere(self, keys: Sequence[PageKey]) -> list[PageKey]:
+        """Those of ``keys`` whose home is another worker now (no I/O)."""
+        homes = self.homes()
+        by_run: dict[tuple[str, str, int], bool] = {}
+        out = []
+        for key in keys:
+            run = run_of(key)
+            away = by_run.get(run)
+            if away is None:
+                away = by_run[run] = home_of(run, homes) != self.address
+            if away:
+                out.append(key)
+        return out
+
     def fetch(
         self,
         target: AbstractFileSystem,

@@ -224,12 +224,14 @@ class PageFetcher:
             missing = self._from_disk(claimed, wanted, got)
             source = peers.current() if missing and self.target_id is not None else None
             if source is not None:
-                missing = self._from_peers(source, target, missing, claimed, wanted, got)
-            by_cookie: dict[FileCookie, list[int]] = {}
-            for key in missing:
-                by_cookie.setdefault(wanted[key], []).append(key.index)
-            for cookie, indices in by_cookie.items():
-                self._from_remote(target, cookie, sorted(indices), claimed, got, verify)
+                away = set(source.elsewhere(missing))
+                # this worker's own pages first: a peer asking for them then waits on the
+                # remote only, not on this fetch's asks of peers (see netcache.peers)
+                self._from_remote_pages(target, [k for k in missing if k not in away],
+                                        claimed, wanted, got, verify)  # fmt: skip
+                missing = self._from_peers(source, target, [k for k in missing if k in away],
+                                           claimed, wanted, got)  # fmt: skip
+            self._from_remote_pages(target, missing, claimed, wanted, got, verify)
         except BaseException as exc:
             shared = exc
             if failure is not None:
@@ -319,6 +321,17 @@ class PageFetcher:
             self.page_cache.complete(page, claimed[key])
             got[key] = page
         return [key for key in missing if key not in answer.pages]
+
+    def _from_remote_pages(self, target: AbstractFileSystem, keys: list[PageKey],
+                           claimed: dict[PageKey, Future[Page]],
+                           wanted: dict[PageKey, FileCookie], got: dict[PageKey, Page],
+                           verify: bool) -> None:  # fmt: skip
+        """Fetch ``keys`` from the remote, each file version's in one call."""
+        by_cookie: dict[FileCookie, list[int]] = {}
+        for key in keys:
+            by_cookie.setdefault(wanted[key], []).append(key.index)
+        for cookie, indices in by_cookie.items():
+            self._from_remote(target, cookie, sorted(indices), claimed, got, verify)
 
     def _from_remote(
         self,

@@ -11,7 +11,11 @@ each run has a *home*, chosen by rendezvous hashing over the live peers
 (:func:`home_of`): no directory, and a peer joining or leaving moves only its share. A
 page's home serves it from memory or its disk tier, or fetches it from the remote once
 for everyone. A home never asks peers for what it serves (:func:`serving`), so a request
-never waits on another request queued behind it.
+never waits on another request queued behind it. And a fetch gets the pages whose home
+is its own worker before it asks peers for the others (:meth:`PeerSource.elsewhere`):
+a peer asking for those waits on the remote only, never on this fetch's own asks, which
+could wait in turn on a fetch of that peer's (a ring of fetches, each holding pages
+another asks for, ended only by timeouts).
 
 Answers are checked as data (:func:`check_answer`): the version asked, the pages asked,
 each page's length, and each page's CRC32C, computed where the page was served.
@@ -58,6 +62,11 @@ class PeerResult:
 class PeerSource(Protocol):
     """Serves pages from peers; thread-safe, and never raises: failures are counted in
     the result and the caller asks the remote."""
+
+    def elsewhere(self, keys: Sequence[PageKey]) -> list[PageKey]:
+        """Those of ``keys`` whose home is another peer now (no I/O): the caller fetches
+        the others itself, first."""
+        ...
 
     def fetch(
         self,

@@ -88,15 +88,30 @@ def test_answers_are_checked_as_data() -> None:
 
 
 class FakePeers:
-    """A peer source that serves the pages it holds, and fails the rest."""
+    """A peer source that serves the pages it holds, and fails the rest; the pages from
+    ``mine`` on have this worker as their home (none by default)."""
 
-    def __init__(self, data: bytes, block_size: int, broken: bool = False) -> None:
-        self.data, self.bs, self.broken = data, block_size, broken
+    def __init__(self, data: bytes, block_size: int, broken: bool = False,
+                 mine: int | None = None) -> None:  # fmt: skip
+        self.data, self.bs, self.broken, self.mine = data, block_size, broken, mine
         self.asked: list[int] = []
+        self.had_mine: list[bool] = []  # at each ask: whether this worker's pages were in
+        self.fs: Any = None
+
+    def elsewhere(self, keys: Any) -> list[PageKey]:
+        return [k for k in keys if self.mine is None or k.index < self.mine]
 
     def fetch(self, target: Any, target_id: str, block_size: int, keys: Any,
               cookies: Any) -> PeerResult:  # fmt: skip
         self.asked += [k.index for k in keys]
+        if self.mine is not None:
+            cache, (key, *_) = self.fs.context.page_cache, keys
+            self.had_mine.append(
+                all(
+                    cache.is_resident(key.file_id, key.version, i)
+                    for i in range(self.mine, len(self.data) // self.bs)
+                )
+            )
         if self.broken:
             return PeerResult(asked=len(keys), fallback=len(keys), errors=1)
         pages = {k: self.data[k.index * self.bs : (k.index + 1) * self.bs] for k in keys
@@ -124,6 +139,28 @@ def test_fetches_ask_the_peer_source_before_the_remote(server: RangeServer, brok
     assert p.fallback == (8 if broken else 4) and p.err == (1 if broken else 0)
     assert server.bytes_sent == (8 if broken else 4) * bs  # the rest from the remote
     assert fs.stats().retrievals.remote == (8 if broken else 4)
+
+
+def test_a_fetch_gets_its_own_pages_before_asking_peers(server: RangeServer) -> None:
+    # A page of this worker's waits only on the remote, never on this fetch's asks of
+    # peers: else fetches on several workers, each holding pages another asks for, wait
+    # on each other in a ring until their asks time out.
+    bs = 128 << 10
+    data = os.urandom(8 * bs)
+    server.put("p/mine", data)
+    fake = FakePeers(data, bs, mine=4)  # pages 0-3 have other homes, 4-7 this worker
+    peers.install(fake)
+    try:
+        fs = fake.fs = netcache.NetCacheFileSystem(
+            target_protocol="http", cache_dir=False, block_size=bs, readahead=False,
+            skip_instance_cache=True)  # fmt: skip
+        server.reset_counts()
+        assert fs.cat_file(f"{server.url}/p/mine") == data
+    finally:
+        peers.uninstall(fake)
+    assert sorted(fake.asked) == [0, 1, 2, 3]  # peers are asked only for theirs
+    assert fake.had_mine == [True]  # and only once this worker's own pages were in
+    assert server.bytes_sent == 6 * bs  # its own 4, and the 2 its peers did not serve
 
 
 # -- a real cluster ----------------------------------------------------------------------
@@ -228,7 +265,7 @@ def run_job(model_server: RangeServer, dataset: dict[str, bytes], tmp: str, shar
     ):  # fmt: skip
         client.register_plugin(CacheHomePerWorker(tmp))
         if share:
-            netcache_dask.share_pages(client, timeout=30)  # a busy, shared machine: no give-ups
+            netcache_dask.share_pages(client, timeout=10)  # a busy CI machine: no give-ups
         model_server.reset_counts()
         for seed in range(PASSES):
             futures = run_pass(client, model_server.url, dataset, seed)
