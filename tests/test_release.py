@@ -202,9 +202,17 @@ def test_wait_for_store_with_timeout_counts_wt() -> None:
     assert vmscan(fs) == {"nos": 0, "gon": 0, "bsy": 2, "can": 1, "wt": 1, "kep": 0}
     writeback = fs.context.writeback
     assert writeback is not None
-    # the store is let go after reclaim's first look: it finishes while reclaim waits
-    # (on the store's own event; the timeout only bounds a store that never ends)
-    before_cancelling(writeback, lambda page: threading.Thread(target=backend.gate.set).start())
+    # the store is let go once reclaim found it busy and starts to wait: it finishes
+    # while reclaim waits (on the store's own event; the timeout only bounds a store that
+    # never ends). Let go any earlier, it could finish before reclaim's look, which would
+    # then release the page without waiting.
+    wait = writeback.wait_until_stored
+
+    def let_go_then_wait(page: object, timeout: float | None) -> bool:
+        backend.gate.set()
+        return wait(page, timeout)  # type: ignore[arg-type]
+
+    writeback.wait_until_stored = let_go_then_wait  # type: ignore[method-assign]
     assert fs.reclaim(BS) == BS  # waited, and the store finished in time
     assert vmscan(fs) == {"nos": 0, "gon": 1, "bsy": 2, "can": 1, "wt": 2, "kep": 0}
     # a later instance's policy, its settings included, is the shared cache's from then on
