@@ -32,7 +32,7 @@ from netcache.context import CacheContext
 from netcache.cookie import FileCookie
 from netcache.identity import describe_error
 from netcache.page import PageKey
-from netcache.peers import PeerAnswerError, PeerResult, check_answer, home_of, page_crc, run_of
+from netcache.peers import PeerAnswerError, PeerResult, check_answer, homes_of, page_crc
 from netcache.policies.release import PressureLevel
 from netcache.process import default_monitor, registry
 from netcache.warnonce import WarnOnce
@@ -150,17 +150,8 @@ class PeerClient:
 
     def elsewhere(self, keys: Sequence[PageKey]) -> list[PageKey]:
         """Those of ``keys`` whose home is another worker now (no I/O)."""
-        homes = self.homes()
-        by_run: dict[tuple[str, str, int], bool] = {}
-        out = []
-        for key in keys:
-            run = run_of(key)
-            away = by_run.get(run)
-            if away is None:
-                away = by_run[run] = home_of(run, homes) != self.address
-            if away:
-                out.append(key)
-        return out
+        return [key for key, home in homes_of(keys, self.homes()).items()
+                if home != self.address]  # fmt: skip
 
     def fetch(
         self,
@@ -177,8 +168,7 @@ class PeerClient:
             return result
         homes = self.homes()
         requests: dict[tuple[str, FileCookie], list[int]] = {}
-        for key in keys:
-            home = home_of(run_of(key), homes)
+        for key, home in homes_of(keys, homes).items():
             if home != self.address:
                 requests.setdefault((home, cookies[key]), []).append(key.index)
         if not requests:

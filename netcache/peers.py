@@ -118,6 +118,19 @@ def run_of(key: PageKey) -> tuple[str, str, int]:
     return key.file_id, key.version, key.index // RUN_PAGES
 
 
+def homes_of(keys: Sequence[PageKey], peers: Sequence[str]) -> dict[PageKey, str]:
+    """The home of each of ``keys`` among ``peers`` (not empty), one hash per run."""
+    by_run: dict[tuple[str, str, int], str] = {}
+    out = {}
+    for key in keys:
+        run = run_of(key)
+        home = by_run.get(run)
+        if home is None:
+            home = by_run[run] = home_of(run, peers)
+        out[key] = home
+    return out
+
+
 def home_of(run: tuple[str, str, int], peers: Sequence[str]) -> str:
     """The home of ``run`` among ``peers`` (rendezvous hashing: the peer whose hash with
     the run is the highest). ``peers`` must not be empty."""
